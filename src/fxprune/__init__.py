@@ -1,0 +1,12 @@
+"""fxprune: exact structured pruning of PyTorch models as a torch.fx pass.
+
+    pruned = fxprune.prune(model, example_inputs=(x,), sparsity=0.5)
+    report = pruned.meta["fxprune"]
+"""
+from . import rules
+from .api import PrunePass, prune
+from .capture import CaptureError
+from .masked import apply_masks, update_masks
+from .patterns import find_patterns
+
+__all__ = ["prune", "apply_masks", "update_masks", "find_patterns", "PrunePass", "CaptureError", "rules"]

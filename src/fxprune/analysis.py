@@ -1,0 +1,342 @@
+"""Analysis: a dataflow over the captured graph that finds channel groups.
+
+:class:`ChannelFlow` is a :class:`~torch.fx.passes.shape_prop.ShapeProp`: it runs the graph on fake
+tensors and, after each node, asks the node's rule how channels move through it. The result is an
+:class:`Analysis`: the *sites* (producers' output rows, consumers' input columns, members' per-channel
+parameters), the *uses* where pruned channels must be removable (consumers, outputs, barriers), and
+the unions that couple elements. Elements joined by unions form a *unit* (pruned together); units
+joined through their producers form a *group*.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from .channels import CONST, VARY, ZERO, ChannelMap, UnionFind
+from .rules import Rule, Unsupported, call_rule, module_rule
+
+
+@dataclass
+class Site:
+    """An index space of a module's parameters: a producer's output rows, a consumer's input columns
+    or a member's per-channel parameters."""
+
+    owner: str                 # module path (or node name for function ops)
+    role: str                  # "out", "in", "h0", "channels", ...
+    kind: str                  # "producer" | "consumer" | "member"
+    node: fx.Node              # first node that used it
+    rule: Rule
+    ids: torch.Tensor          # element per index
+    tensors: dict[str, int] = field(default_factory=dict)  # producer: param -> gates (rows = gates*n)
+    biases: dict[str, int] = field(default_factory=dict)   # params masked only with prune_bias
+    params: tuple[str, ...] = ()                           # member: per-channel params
+
+    @property
+    def key(self):
+        return (self.owner, self.role)
+
+
+@dataclass
+class Use:
+    """A place pruned channels reach; removal is allowed only if every use allows it."""
+
+    node: fx.Node
+    ids: torch.Tensor          # flattened
+    carry: torch.Tensor        # flattened, what a pruned element holds here
+    ok_zero: bool
+    ok_const: bool
+    what: str                  # for the report: "consumed by fc", "graph output", "barrier: ..."
+    site: tuple | None = None  # consumer site, for constant folding
+    dim: int | None = None     # channel dim of the input tensor (consumers)
+
+
+class FlowContext:
+    """What a rule sees of one node: its inputs' channel maps and the engine's bookkeeping."""
+
+    def __init__(self, flow: "ChannelFlow", node: fx.Node, module, args, kwargs, out):
+        self.flow, self.node, self.module = flow, node, module
+        self.args, self.kwargs, self.out = args, kwargs, out
+        self.prune_bias = flow.prune_bias
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def map_of(self, value):
+        """Channel maps of an argument as it appears in node.args (a Node, a list of Nodes, ...)."""
+        return fx.node.map_arg(value, lambda n: self.flow.labels.get(n)) if value is not None else None
+
+    def arg_map(self, i: int, name: str | None = None):
+        if i < len(self.node.args):
+            return self.map_of(self.node.args[i])
+        if name is not None and name in self.node.kwargs:
+            return self.map_of(self.node.kwargs[name])
+        return None
+
+    def arg(self, i: int, name: str | None = None, default=None):
+        """The (fake) value of argument i / keyword ``name``."""
+        if i < len(self.args):
+            return self.args[i]
+        if name is not None and name in self.kwargs:
+            return self.kwargs[name]
+        return default
+
+    @property
+    def owner(self) -> str:
+        return self.node.target if self.node.op == "call_module" else self.node.name
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+    def produce(self, role: str, n: int, tensors: dict[str, int], biases: dict[str, int] | None = None) -> torch.Tensor:
+        """Fresh elements for the output rows of ``role`` (the same ones if the module is called again)."""
+        key = (self.owner, role)
+        site = self.flow.sites.get(key)
+        if site is None:
+            ids = torch.tensor(self.flow.uf.add(n), dtype=torch.long)
+            site = Site(self.owner, role, "producer", self.node, self.flow.rule_of(self.node), ids,
+                        dict(tensors), dict(biases or {}))
+            self.flow.sites[key] = site
+            self.flow.element_site.extend([key] * n)
+        return site.ids
+
+    def consume(self, role: str, cmap: ChannelMap | None, dim: int, fold: bool, what: str | None = None) -> None:
+        """The op reads ``cmap``'s channels on ``dim`` through the parameter columns of ``role``."""
+        if cmap is None:
+            return
+        dim %= cmap.ndim
+        if cmap.dims != (dim,):
+            self.block(cmap, f"channels spread over dims {cmap.dims}, {self._name()} reads dim {dim}")
+            return
+        key = (self.owner, role)
+        site = self.flow.sites.get(key)
+        if site is None:
+            self.flow.sites[key] = Site(self.owner, role, "consumer", self.node, self.flow.rule_of(self.node), cmap.ids)
+        else:  # a module called again reads the same columns: couple them, and no per-call folding
+            self._union_ids(site.ids, cmap.ids)
+            fold = False
+            for use in self.flow.uses:
+                if use.site == key:
+                    use.ok_const = False
+        self.flow.uses.append(Use(self.node, cmap.ids, cmap.carry, True, fold,
+                                  what or f"consumed by {self._name()}", key, dim))
+
+    def member(self, role: str, cmap: ChannelMap, params: tuple[str, ...]) -> None:
+        """Per-channel parameters of ``role`` are sliced with the channels of ``cmap`` (1 dim)."""
+        key = (self.owner, role)
+        site = self.flow.sites.get(key)
+        if site is None:
+            self.flow.sites[key] = Site(self.owner, role, "member", self.node, self.flow.rule_of(self.node),
+                                        cmap.ids, params=params)
+        else:
+            self._union_ids(site.ids, cmap.ids)
+
+    def union(self, a: ChannelMap, b: ChannelMap) -> None:
+        """Positions of a and b hold the same channel: prune them together."""
+        self._union_ids(a.ids, b.ids)
+
+    def _union_ids(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = a.reshape(-1).tolist(), b.reshape(-1).tolist()
+        uf = self.flow.uf
+        for x, y in zip(a, b):
+            if x >= 0 and y >= 0 and x != y:
+                uf.union(x, y)
+
+    def block(self, cmaps, reason: str) -> None:
+        """Channels in ``cmaps`` reach something that cannot drop them."""
+        self.flow.block(self.node, cmaps, reason)
+
+    def _name(self) -> str:
+        return self.node.target if self.node.op == "call_module" else self.node.name
+
+
+class ChannelFlow(ShapeProp):
+    """Runs the graph on fake tensors and propagates channel maps through the op rules."""
+
+    def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False, fake_mode=None):
+        super().__init__(gm, fake_mode=fake_mode)
+        self.prune_bias, self.prune_outputs = prune_bias, prune_outputs
+        self.labels: dict[fx.Node, object] = {}
+        self.sites: dict[tuple, Site] = {}
+        self.uses: list[Use] = []
+        self.uf = UnionFind()
+        self.element_site: list[tuple] = []
+        self.barriers: list[tuple[fx.Node, str]] = []
+        self.modules = dict(gm.named_modules())
+
+    def rule_of(self, node: fx.Node) -> Rule | None:
+        if node.op == "call_module":
+            return module_rule(self.modules[node.target])
+        if node.op in ("call_function", "call_method"):
+            return call_rule(node.target)
+        return None
+
+    def block(self, node, cmaps, reason: str) -> None:
+        found = False
+        for cm in _maps_in(cmaps):
+            found = True
+            self.uses.append(Use(node, cm.ids.reshape(-1), cm.carry.reshape(-1), False, False, reason))
+        if found:
+            self.barriers.append((node, reason))
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        self.labels[n] = self._flow(n, out)
+        return out
+
+    def _flow(self, n: fx.Node, out):
+        if n.op in ("placeholder", "get_attr"):
+            return None
+        if n.op == "output":
+            for cm in _maps_in(fx.node.map_arg(n.args[0], lambda a: self.labels.get(a))):
+                ok = self.prune_outputs
+                self.uses.append(Use(n, cm.ids.reshape(-1), cm.carry.reshape(-1), ok, ok, "graph output"))
+            return None
+        inputs = fx.node.map_arg((n.args, n.kwargs), lambda a: self.labels.get(a))
+        rule = self.rule_of(n)
+        if rule is None:
+            self.block(n, inputs, f"no rule for {_op_name(n, self.modules)}")
+            return None
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        module = self.modules.get(n.target) if n.op == "call_module" else None
+        ctx = FlowContext(self, n, module, args, kwargs, out)
+        try:
+            return rule.flow(ctx)
+        except Unsupported as e:
+            self.block(n, inputs, f"{_op_name(n, self.modules)}: {e}")
+            return None
+
+
+def _maps_in(tree) -> list[ChannelMap]:
+    found: list[ChannelMap] = []
+    map_aggregate(tree, lambda x: found.append(x) if isinstance(x, ChannelMap) else None)
+    return found
+
+
+def _op_name(n: fx.Node, modules) -> str:
+    if n.op == "call_module":
+        return f"{n.target} ({type(modules[n.target]).__name__})"
+    if n.op == "call_method":
+        return f".{n.target}()"
+    return getattr(n.target, "__name__", str(n.target))
+
+
+@dataclass
+class Unit:
+    root: int
+    elements: list[int]
+    blocked: str | None          # why its channels cannot be removed (None: removable)
+
+
+@dataclass
+class Group:
+    """Coupled producers and the units they prune together."""
+
+    index: int
+    producers: list[Site]
+    units: list[Unit]             # ordered by the first producer's index order
+    pattern: str = ""
+
+    @property
+    def width(self) -> int:
+        return len(self.units)
+
+    @property
+    def blocked(self) -> str | None:
+        """Why no unit of the group can be removed (None if some can)."""
+        if all(u.blocked for u in self.units):
+            return self.units[0].blocked
+        return None
+
+
+class Analysis:
+    """Result of :class:`ChannelFlow`: sites, uses, units and groups of one captured graph."""
+
+    def __init__(self, gm: fx.GraphModule, flow: ChannelFlow):
+        self.gm = gm
+        self.sites = flow.sites
+        self.uses = flow.uses
+        self.barriers = flow.barriers
+        self.labels = flow.labels
+        self.prune_bias = flow.prune_bias
+        self.element_site = flow.element_site
+        self.n_elements = len(flow.uf.parent)
+        self.root = flow.uf.roots()
+        self.labels_by_name = {n.name: v for n, v in flow.labels.items()}
+        self.shapes_by_name = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
+                               if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
+        self._units_and_groups()
+
+    def _units_and_groups(self) -> None:
+        blocked: dict[int, str] = {}
+        for use in self.uses:
+            carry = use.carry
+            bad = carry == VARY
+            if not use.ok_const:
+                bad = bad | (carry == CONST)
+            if not use.ok_zero:
+                bad = bad | (carry == ZERO)
+            ids = use.ids[bad & (use.ids >= 0)]
+            if ids.numel() == 0:
+                continue
+            reason = use.what
+            if use.ok_zero and use.ok_const:
+                reason = f"input-dependent values reach {use.node.name} ({use.what})"
+            elif use.ok_zero:
+                reason = (f"constant channels cannot be folded into {use.node.name} ({use.what}); "
+                          "nonzero constants reach it")
+            for r in self.root[ids].unique().tolist():
+                blocked.setdefault(r, reason)
+        members: dict[int, list[int]] = {}
+        for e, r in enumerate(self.root.tolist()):
+            members.setdefault(r, []).append(e)
+        units = {r: Unit(r, es, blocked.get(r)) for r, es in members.items()}
+        # groups: units joined through producers
+        site_uf = UnionFind()
+        producer_keys = [k for k, s in self.sites.items() if s.kind == "producer"]
+        index = {k: i for i, k in enumerate(producer_keys)}
+        site_uf.add(len(producer_keys))
+        for u in units.values():
+            first = index[self.element_site[u.elements[0]]]
+            for e in u.elements[1:]:
+                site_uf.union(first, index[self.element_site[e]])
+        by_group: dict[int, list[str]] = {}
+        for k in producer_keys:
+            by_group.setdefault(site_uf.find(index[k]), []).append(k)
+        self.groups: list[Group] = []
+        self.unit_of: dict[int, Unit] = units
+        self.group_of_unit: dict[int, Group] = {}
+        for keys in by_group.values():
+            sites = [self.sites[k] for k in keys]
+            seen, ordered = set(), []
+            for s in sites:
+                for e in s.ids.tolist():
+                    r = int(self.root[e])
+                    if r not in seen:
+                        seen.add(r)
+                        ordered.append(units[r])
+            g = Group(len(self.groups), sites, ordered)
+            self.groups.append(g)
+            for u in ordered:
+                self.group_of_unit[u.root] = g
+        from .patterns import name_group  # patterns names groups after the ops they flow through
+        for g in self.groups:
+            g.pattern = name_group(self, g)
+
+    # -- helpers used by the later stages ------------------------------------------------------------
+    def producer_for_tensor(self, fqn: str) -> tuple[Site, int] | None:
+        """The producer site whose parameter ``fqn`` holds rows per element, and its gate count."""
+        owner, _, name = fqn.rpartition(".")
+        for s in self.sites.values():
+            if s.kind == "producer" and s.owner == owner and name in s.tensors:
+                return s, s.tensors[name]
+        return None
+
+
+def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> Analysis:
+    """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, fake_mode=fake_mode)
+    flow.propagate(*example_inputs)
+    return Analysis(gm, flow)

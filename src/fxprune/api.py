@@ -1,0 +1,125 @@
+"""prune(): the whole pipeline, and PrunePass for torch.fx's PassManager."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch.fx.passes.infra.pass_base import PassResult
+from torch.utils.flop_counter import FlopCounterMode
+
+from .analysis import Analysis, analyze
+from .capture import capture, normalize_inputs
+from .channels import CONST
+from .masked import build_masked
+from .masks import Plan, check_sparsity, make_plan, units_from_masks, units_from_sparsity
+from .report import Report, build_report
+from .rewrite import rewrite
+from .verify import RecordingInterpreter, eval_mode, max_abs_diff, output_keeps, relative_diff
+
+
+@dataclass
+class _State:
+    gm: fx.GraphModule
+    inputs: tuple
+    analysis: Analysis
+    plan: Plan
+
+
+def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore) -> _State:
+    inputs = normalize_inputs(example_inputs)
+    if sparsity is not None:
+        check_sparsity(sparsity)
+    if masks is not None and sparsity is not None:
+        raise ValueError("give either masks= or sparsity=, not both")
+    if masks is not None and not isinstance(masks, dict):
+        raise ValueError(f"masks must be a dict of tensor name -> bool keep-mask, got {type(masks).__name__}")
+    gm, embedded = capture(model)
+    analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
+    if masks is not None:
+        flags = units_from_masks(analysis, masks)
+    elif sparsity is not None:
+        flags = units_from_sparsity(analysis, gm, sparsity, criterion, tuple(ignore))
+    elif embedded:
+        flags = units_from_masks(analysis, embedded, strict=False)
+    else:
+        raise ValueError("nothing to prune: give sparsity= or masks=, or a model that carries masks "
+                         "(fxprune.apply_masks, torch.ao's structured pruner, torch.nn.utils.prune)")
+    return _State(gm, inputs, analysis, make_plan(analysis, flags))
+
+
+def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None, masks: dict | None = None,
+          criterion: str = "l1", prune_bias: bool = True, prune_outputs: bool = False,
+          ignore=()) -> fx.GraphModule:
+    """Prune channels of ``model`` and return a new, smaller GraphModule that computes exactly what the
+    masked model computes. ``model`` is never modified.
+
+    Example::
+
+        pruned = fxprune.prune(model, (x,), sparsity=0.5)          # l1 saliency, every group
+        pruned = fxprune.prune(model, (x,), masks={"fc1.weight": keep})
+        print(pruned.meta["fxprune"])                               # the report
+
+    Args:
+        example_inputs: a tensor or tuple of the model's positional inputs (shapes are propagated on
+            fake tensors; the real inputs are used once more to verify the result).
+        sparsity: fraction of each group's channels to prune, in [0, 1).
+        masks: bool keep-masks over producers' output rows, keyed by tensor fqn (``"fc1.weight"``).
+        criterion: ``"l1"``, ``"l2"`` or ``"fpgm"``.
+        prune_bias: pruned channels' biases are zeroed too (their channels are then exactly 0);
+            with False the bias stays and its constant is folded into the consumers where exact.
+        prune_outputs: let explicit masks change the width of graph outputs.
+        ignore: module names whose output channels are never pruned.
+    """
+    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore)
+    return _finish(state, prune_bias)
+
+
+def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
+    plan, analysis = state.plan, state.analysis
+    masked = build_masked(state.gm, plan, prune_bias)
+    baked = build_masked(state.gm, plan, prune_bias, bake=True)
+    # consumers that read removed channels holding nonzero constants: record their inputs to fold them
+    fold_uses = [u for u in analysis.uses if u.site is not None
+                 and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
+    recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses})
+    with eval_mode(masked), FlopCounterMode(display=False) as before:
+        masked_out = recorder.run(*state.inputs)
+    fold = {}
+    for u in fold_uses:
+        x = recorder.recorded[u.node.name]
+        values = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().float()
+        removed = torch.zeros(len(u.ids), dtype=torch.bool)
+        lab = u.ids >= 0
+        removed[lab] = plan.removed[u.ids[lab]]
+        fold[u.site] = torch.where(removed, values, torch.zeros_like(values))
+    pruned = rewrite(baked, plan, fold)
+    keeps = output_keeps(plan)
+    with eval_mode(pruned), FlopCounterMode(display=False) as after:
+        pruned_out = pruned(*state.inputs)
+    report: Report = build_report(plan, keeps, prune_bias)
+    report.params_before = sum(p.numel() for p in state.gm.parameters())
+    report.params_after = sum(p.numel() for p in pruned.parameters())
+    report.flops_before, report.flops_after = before.get_total_flops(), after.get_total_flops()
+    report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
+    report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
+    pruned.meta["fxprune"] = report
+    return pruned
+
+
+class PrunePass:
+    """:func:`prune` as a torch.fx pass: GraphModule in, ``PassResult`` out.
+
+    Example::
+
+        from torch.fx.passes.infra.pass_manager import PassManager
+        pm = PassManager([fxprune.PrunePass(sparsity=0.5, example_inputs=(x,)), other_pass])
+        result = pm(torch.fx.symbolic_trace(model))
+    """
+
+    def __init__(self, example_inputs, **kwargs):
+        self.example_inputs = example_inputs
+        self.kwargs = kwargs
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        return PassResult(prune(gm, self.example_inputs, **self.kwargs), True)

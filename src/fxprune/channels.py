@@ -1,0 +1,214 @@
+"""Channel maps: which channel elements a tensor's dims hold, and what a pruned element carries there.
+
+Every producer (a Linear's output features, a Conv's filters, an LSTM layer's hidden units) creates
+fresh *elements*, one per channel. A tensor's :class:`ChannelMap` says, for the tensor dims that
+hold channels, which element sits at each position (``-1``: none) and what that position holds when
+its element is pruned (``ZERO``, a ``CONST`` that does not depend on the input, or ``VARY``).
+Rules transform maps the way their op transforms the tensor; the engine never looks inside an op.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# What a pruned element holds at a given tensor position. Ordered: combining takes the max.
+ZERO, CONST, VARY = 0, 1, 2
+CARRY_NAMES = {ZERO: "zero", CONST: "constant", VARY: "input-dependent"}
+
+
+@dataclass(frozen=True)
+class ChannelMap:
+    """Channel elements on some dims of one tensor.
+
+    ``dims`` are the tensor dims that hold channels, ascending; ``ids`` and ``carry`` have one axis
+    per entry of ``dims`` with that dim's size. ``ndim`` is the tensor's rank.
+    """
+
+    dims: tuple[int, ...]
+    ids: torch.Tensor
+    carry: torch.Tensor
+    ndim: int
+
+    # -- construction -------------------------------------------------------------------------
+    @staticmethod
+    def on_dim(dim: int, ndim: int, ids: torch.Tensor, carry: int | torch.Tensor) -> "ChannelMap":
+        dim = dim % ndim
+        if not isinstance(carry, torch.Tensor):
+            carry = torch.full(ids.shape, carry, dtype=torch.int8)
+        return ChannelMap((dim,), ids, carry, ndim)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.ids.shape)
+
+    def only_dim(self) -> int | None:
+        """The single channel dim, or None if channels sit on several dims."""
+        return self.dims[0] if len(self.dims) == 1 else None
+
+    def labeled(self) -> bool:
+        return bool((self.ids >= 0).any())
+
+    # -- value transforms -----------------------------------------------------------------------
+    def with_carry(self, carry: torch.Tensor | int) -> "ChannelMap":
+        if not isinstance(carry, torch.Tensor):
+            carry = torch.full(self.ids.shape, carry, dtype=torch.int8)
+        return ChannelMap(self.dims, self.ids, carry, self.ndim)
+
+    def map_carry(self, zero: int, const: int, vary: int = VARY) -> "ChannelMap":
+        """Apply a pointwise op: what ZERO, CONST and VARY become."""
+        table = torch.tensor([zero, const, vary], dtype=torch.int8)
+        return self.with_carry(table[self.carry.long()])
+
+    # -- layout transforms ----------------------------------------------------------------------
+    def with_ndim(self, dims: tuple[int, ...], ndim: int) -> "ChannelMap":
+        return ChannelMap(dims, self.ids, self.carry, ndim)
+
+    def align_to(self, out_ndim: int) -> "ChannelMap":
+        """Broadcasting: a rank-r operand's dims move right when the output has more dims."""
+        shift = out_ndim - self.ndim
+        return ChannelMap(tuple(d + shift for d in self.dims), self.ids, self.carry, out_ndim)
+
+    def permute(self, perm: list[int]) -> "ChannelMap":
+        """Output dim i is input dim perm[i]."""
+        where = {p % self.ndim: i for i, p in enumerate(perm)}
+        new_dims = [where[d] for d in self.dims]
+        order = sorted(range(len(new_dims)), key=lambda i: new_dims[i])
+        return ChannelMap(
+            tuple(new_dims[i] for i in order),
+            self.ids.permute(order),
+            self.carry.permute(order),
+            len(perm),
+        )
+
+    def select(self, dim: int, index: torch.Tensor | slice) -> "ChannelMap":
+        """Keep positions ``index`` of tensor dim ``dim`` (a channel dim or not)."""
+        if dim not in self.dims:
+            return self
+        axis = self.dims.index(dim)
+        sl = [slice(None)] * len(self.dims)
+        if isinstance(index, slice):
+            sl[axis] = index
+            return ChannelMap(self.dims, self.ids[tuple(sl)], self.carry[tuple(sl)], self.ndim)
+        return ChannelMap(
+            self.dims, self.ids.index_select(axis, index), self.carry.index_select(axis, index), self.ndim
+        )
+
+    def drop_dim(self, dim: int, index: int) -> "ChannelMap | None":
+        """Index a dim away with an integer (x[..., i, ...])."""
+        if dim in self.dims:
+            axis = self.dims.index(dim)
+            ids, carry = self.ids.select(axis, index), self.carry.select(axis, index)
+            dims = self.dims[:axis] + self.dims[axis + 1:]
+        else:
+            ids, carry, dims = self.ids, self.carry, self.dims
+        dims = tuple(d - (d > dim) for d in dims)
+        if not dims:
+            return None
+        return ChannelMap(dims, ids, carry, self.ndim - 1)
+
+    def insert_dim(self, dim: int) -> "ChannelMap":
+        """A new size-1 dim at output position ``dim`` (unsqueeze)."""
+        return ChannelMap(tuple(d + (d >= dim) for d in self.dims), self.ids, self.carry, self.ndim + 1)
+
+    def reshape(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> "ChannelMap | None":
+        """view/reshape/flatten/unflatten: split the shapes into runs of dims with equal products;
+        a run that holds channel dims holds them after the reshape too (a channel merged with
+        spatial dims becomes the block of features it maps to). None if the runs cannot be found."""
+        runs = _reshape_runs(in_shape, out_shape)
+        if runs is None:
+            return None
+        ids, carry = self.ids, self.carry
+        # Expand ids over every input dim of a run that holds a channel dim, so that each such run
+        # is a contiguous block of axes; then reshape block by block.
+        keep_in = [d for (ins, _outs) in runs if any(d in self.dims for d in ins) for d in ins]
+        full_shape = [in_shape[d] for d in keep_in]
+        view_shape = [in_shape[d] if d in self.dims else 1 for d in keep_in]
+        order = [self.dims.index(d) for d in keep_in if d in self.dims]
+        ids = ids.permute(order).reshape(view_shape).expand(full_shape)
+        carry = carry.permute(order).reshape(view_shape).expand(full_shape)
+        new_dims = [d for (ins, outs) in runs if any(d in self.dims for d in ins) for d in outs]
+        new_shape = [out_shape[d] for d in new_dims]
+        return ChannelMap(
+            tuple(new_dims), ids.reshape(new_shape), carry.reshape(new_shape), len(out_shape)
+        )
+
+    @staticmethod
+    def cat(maps: list["ChannelMap | None"], sizes: list[int], dim: int, ndim: int) -> "ChannelMap | None":
+        """torch.cat along a channel dim: positions of unlabeled inputs get id -1."""
+        parts_ids, parts_carry = [], []
+        for m, size in zip(maps, sizes):
+            if m is not None and m.dims != (dim,):
+                return None
+            if m is None:
+                parts_ids.append(torch.full((size,), -1, dtype=torch.long))
+                parts_carry.append(torch.full((size,), VARY, dtype=torch.int8))
+            else:
+                parts_ids.append(m.ids)
+                parts_carry.append(m.carry)
+        if all(m is None for m in maps):
+            return None
+        return ChannelMap((dim,), torch.cat(parts_ids), torch.cat(parts_carry), ndim)
+
+
+def _reshape_runs(in_shape, out_shape):
+    """Pair runs of input dims with runs of output dims of equal product: [([0], [0]), ([1,2,3], [1])]."""
+    runs, i, j = [], 0, 0
+    n, m = len(in_shape), len(out_shape)
+    while i < n or j < m:
+        ins, outs = [], []
+        pi = pj = 1
+        # take at least one dim from each side unless it is exhausted; size-1 dims attach freely
+        if i < n:
+            ins.append(i); pi *= in_shape[i]; i += 1
+        if j < m:
+            outs.append(j); pj *= out_shape[j]; j += 1
+        while pi != pj:
+            if pi < pj and i < n:
+                ins.append(i); pi *= in_shape[i]; i += 1
+            elif pj < pi and j < m:
+                outs.append(j); pj *= out_shape[j]; j += 1
+            else:
+                return None
+        # absorb trailing size-1 dims into this run so each run stays contiguous
+        while i < n and in_shape[i] == 1 and (j >= m or out_shape[j] != 1):
+            ins.append(i); i += 1
+        while j < m and out_shape[j] == 1 and (i >= n or in_shape[i] != 1):
+            outs.append(j); j += 1
+        runs.append((ins, outs))
+    if math.prod(in_shape) != math.prod(out_shape):
+        return None
+    return runs
+
+
+class UnionFind:
+    """Union-find over element ids (ints), grown on demand."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def add(self, n: int) -> range:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return range(start, start + n)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+    def roots(self) -> torch.Tensor:
+        return torch.tensor([self.find(i) for i in range(len(self.parent))], dtype=torch.long)

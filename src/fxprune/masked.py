@@ -1,0 +1,130 @@
+"""The masked model: same shapes as the original, pruned channels held at zero in forward.
+
+Producers' weight rows (and biases, with ``prune_bias``) carry a :class:`~fxprune.masks.RowMask`
+parametrization, so the mask stays in force while the model trains, as torch.ao's parametrizations
+do. Ops whose rule needs more (LayerNorm over kept channels only) are replaced by the rule's masked
+module. :func:`update_masks` re-scores and writes new masks into the same buffers, so an optimizer
+built on the masked model keeps working.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.fx as fx
+from torch.nn.utils import parametrize
+
+from .masks import Plan, RowMask
+from .rules import Rule
+
+
+def _sites_by_owner(plan: Plan) -> dict[str, list]:
+    by_owner: dict[str, list] = {}
+    for s in plan.analysis.sites.values():
+        by_owner.setdefault(s.owner, []).append(s)
+    return by_owner
+
+
+def _has_custom_mask(rule) -> bool:
+    return type(rule).masked is not Rule.masked
+
+
+def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = False) -> fx.GraphModule:
+    """A copy of the captured ``gm`` with the plan's masks in force.
+
+    ``bake=False``: masks as parametrizations (the masked model users train).
+    ``bake=True``: masked weights written into plain parameters, the input of the rewrite.
+    """
+    new = copy.deepcopy(gm)
+    for owner, sites in _sites_by_owner(plan).items():
+        try:
+            module = new.get_submodule(owner)
+        except AttributeError:
+            continue  # a function op: nothing to mask
+        rule = sites[0].rule
+        if _has_custom_mask(rule):
+            if not bake:
+                keep = {s.role: plan.site_keep(s) for s in sites}
+                new.set_submodule(owner, rule.masked(module, keep, prune_bias))
+            continue
+        for s in sites:
+            if s.kind == "producer":
+                params = dict(s.tensors)
+                if prune_bias:
+                    params.update(s.biases)
+            elif s.kind == "member" and prune_bias:
+                params = {p: 1 for p in s.params}
+            else:
+                continue
+            keep = plan.site_keep(s, for_removal=False)
+            for pname, gates in params.items():
+                rows = keep.repeat(gates)
+                if bake:
+                    if not bool(rows.all()):
+                        with torch.no_grad():
+                            p = getattr(module, pname)
+                            p.mul_(rows.reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype))
+                else:
+                    parametrize.register_parametrization(module, pname, RowMask(rows))
+    new.recompile()
+    return new
+
+
+def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str = "l1",
+                prune_bias: bool = True, prune_outputs: bool = False, ignore=()) -> fx.GraphModule:
+    """The masked model: a new GraphModule computing ``model`` with the pruned channels held at zero.
+
+    Example::
+
+        masked = fxprune.apply_masks(model, (x,), sparsity=0.5)
+        opt = torch.optim.SGD(masked.parameters(), lr=0.01)
+        ...                                   # fine-tune: pruned channels stay zero
+        fxprune.update_masks(masked, sparsity=0.7)   # re-score, in place
+        pruned = fxprune.prune(masked, (x,))  # the masks come with the model
+    """
+    from .api import _prepare
+
+    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore)
+    masked = build_masked(state.gm, state.plan, prune_bias)
+    masked.meta["fxprune_masked"] = {"example_inputs": state.inputs, "prune_bias": prune_bias,
+                                     "prune_outputs": prune_outputs}
+    return masked
+
+
+def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1", ignore=()) -> dict:
+    """Re-score the masked model's current (masked) weights and write new masks into it, in place.
+
+    Returns the new masks keyed by tensor fqn. Channels masked before score zero, so at a higher
+    sparsity they stay pruned.
+    """
+    from .analysis import analyze
+    from .capture import capture
+    from .masks import make_plan, units_from_sparsity
+    from .rules.norm import MaskedLayerNorm
+
+    info = getattr(masked, "meta", {}).get("fxprune_masked")
+    if info is None:
+        raise ValueError("update_masks expects a model returned by fxprune.apply_masks")
+    gm, _ = capture(masked)
+    analysis = analyze(gm, info["example_inputs"], info["prune_bias"], info["prune_outputs"])
+    flags = units_from_sparsity(analysis, masked, sparsity, criterion, tuple(ignore))
+    plan = make_plan(analysis, flags)
+    for owner, sites in _sites_by_owner(plan).items():
+        try:
+            module = masked.get_submodule(owner)
+        except AttributeError:
+            continue
+        for s in sites:
+            if isinstance(module, MaskedLayerNorm):
+                module.keep.copy_(plan.site_keep(s))
+                continue
+            keep = plan.site_keep(s, for_removal=False)
+            names = dict(s.tensors) if s.kind == "producer" else {p: 1 for p in s.params}
+            if s.kind == "producer":
+                names.update(s.biases)
+            for pname, gates in names.items():
+                if parametrize.is_parametrized(module, pname):
+                    for p in module.parametrizations[pname]:
+                        if isinstance(p, RowMask):
+                            p.keep.copy_(keep.repeat(gates))
+    return plan.tensor_masks()

@@ -1,0 +1,76 @@
+"""Rewrite: a new, smaller GraphModule from the baked (masked-weights) copy and the plan.
+
+Each module that owns sites is replaced by its rule's ``rewrite`` (sliced parameters, updated
+attributes, constants folded into biases); function and method nodes with literal sizes are updated
+by their rule's ``rewrite_node``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from .masks import Plan
+from .rules import call_rule
+
+
+class RewriteContext:
+    """What ``rule.rewrite_node`` may ask: a node's widths after pruning."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.analysis = plan.analysis
+
+    def _map_and_shape(self, node: fx.Node):
+        from .channels import ChannelMap
+        cmap = self.analysis.labels_by_name.get(node.name)
+        meta = self.analysis.shapes_by_name.get(node.name)
+        if not isinstance(cmap, ChannelMap) or meta is None:
+            return None, meta
+        return cmap, meta
+
+    def new_sizes(self, node: fx.Node) -> list[int] | None:
+        cmap, shape = self._map_and_shape(node)
+        if shape is None:
+            return None
+        sizes = list(shape)
+        if cmap is None:
+            return sizes
+        kept = torch.ones(cmap.ids.shape, dtype=torch.bool)
+        lab = cmap.ids >= 0
+        kept[lab] = ~self.plan.removed[cmap.ids[lab]]
+        for axis, d in enumerate(cmap.dims):
+            others = [a for a in range(kept.dim()) if a != axis]
+            along = kept.any(dim=others) if others else kept
+            sizes[d] = int(along.sum())
+        return sizes
+
+    def width_changed(self, node: fx.Node, dim: int) -> bool:
+        new = self.new_sizes(node)
+        old = self.analysis.shapes_by_name.get(node.name)
+        return new is not None and old is not None and new[dim] != old[dim]
+
+
+def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
+    """Slice ``baked`` (a private copy, modified here) by ``plan``; ``fold[site_key]`` holds constants."""
+    by_owner: dict[str, list] = {}
+    for s in plan.analysis.sites.values():
+        by_owner.setdefault(s.owner, []).append(s)
+    for owner, sites in by_owner.items():
+        try:
+            module = baked.get_submodule(owner)
+        except AttributeError:
+            continue
+        keep = {s.role: plan.site_keep(s) for s in sites}
+        folds = {s.role: fold.get(s.key) for s in sites}
+        if all(bool(k.all()) for k in keep.values()) and all(f is None for f in folds.values()):
+            continue
+        baked.set_submodule(owner, sites[0].rule.rewrite(module, keep, folds))
+    ctx = RewriteContext(plan)
+    for node in list(baked.graph.nodes):
+        if node.op in ("call_function", "call_method"):
+            rule = call_rule(node.target)
+            if rule is not None:
+                rule.rewrite_node(node, ctx)
+    baked.graph.lint()
+    baked.recompile()
+    return baked

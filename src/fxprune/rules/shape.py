@@ -1,0 +1,172 @@
+"""Ops that move channels without computing on them: reshapes, permutes, indexing, identity, dropout."""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..channels import CONST, VARY, ChannelMap
+from . import Rule, Unsupported, register
+
+
+def _map(ctx):
+    return ctx.arg_map(0, "input")
+
+
+@register(nn.Identity, "contiguous", "clone", "detach", "float", "double", "half", "to", "type_as",
+          torch.clone, torch.detach)
+class IdentityRule(Rule):
+    def flow(self, ctx):
+        return _map(ctx)
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+
+@register(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+          F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
+class DropoutRule(Rule):
+    """Identity in eval mode; in training mode a constant channel is randomly zeroed (not constant)."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if cmap is None:
+            return None
+        training = ctx.module.training if ctx.module is not None else ctx.arg(2, "training", True)
+        p = ctx.module.p if ctx.module is not None else ctx.arg(1, "p", 0.5)
+        if training and p > 0:
+            return cmap.map_carry(0, VARY)
+        return cmap
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+
+@register(nn.Flatten, nn.Unflatten, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
+          "flatten", "unflatten", "view", "reshape", "squeeze", "unsqueeze")
+class ReshapeRule(Rule):
+    """Any reshape: channels follow the runs of dims whose products match (see ChannelMap.reshape)."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if cmap is None:
+            return None
+        x = ctx.arg(0, "input")
+        out = cmap.reshape(tuple(x.shape), tuple(ctx.out.shape))
+        if out is None:
+            raise Unsupported(f"cannot follow channels through reshape {tuple(x.shape)} -> {tuple(ctx.out.shape)}")
+        return out
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+    def rewrite_node(self, node, ctx):
+        """view/reshape with literal sizes: a literal on a dim whose width changed gets the new width."""
+        if node.op == "call_module" or node.target in (torch.flatten, torch.squeeze, torch.unsqueeze,
+                                                         "flatten", "squeeze", "unsqueeze", "unflatten"):
+            return
+        shape_args = list(node.args[1:])
+        if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
+            sizes, packed = list(shape_args[0]), True
+        else:
+            sizes, packed = shape_args, False
+        new_sizes = ctx.new_sizes(node)
+        if new_sizes is None:
+            return
+        changed = False
+        for d, s in enumerate(sizes):
+            if isinstance(s, int) and s != -1 and s != new_sizes[d]:
+                sizes[d] = new_sizes[d]
+                changed = True
+            elif not isinstance(s, int) and ctx.width_changed(node, d):
+                raise Unsupported(f"{node.name}: size of dim {d} is computed at run time from a pruned width")
+        if changed:
+            node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
+
+
+@register(torch.permute, torch.transpose, "permute", "transpose", "t", torch.t, torch.movedim, "movedim")
+class PermuteRule(Rule):
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if cmap is None:
+            return None
+        nd = cmap.ndim
+        name = ctx.node.target if isinstance(ctx.node.target, str) else ctx.node.target.__name__
+        rest = list(ctx.args[1:])
+        if name == "permute":
+            perm = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            if not perm:
+                perm = list(ctx.kwargs.get("dims", []))
+        elif name in ("transpose", "t"):
+            a, b = (rest + [0, 1])[:2] if name == "transpose" else (0, 1)
+            a, b = ctx.kwargs.get("dim0", a), ctx.kwargs.get("dim1", b)
+            perm = list(range(nd))
+            perm[a % nd], perm[b % nd] = perm[b % nd], perm[a % nd]
+        else:  # movedim
+            src, dst = rest[0], rest[1]
+            src = [src] if isinstance(src, int) else list(src)
+            dst = [dst] if isinstance(dst, int) else list(dst)
+            perm = [None] * nd
+            for s, d in zip(src, dst):
+                perm[d % nd] = s % nd
+            others = iter(i for i in range(nd) if i not in [s % nd for s in src])
+            perm = [p if p is not None else next(others) for p in perm]
+        return cmap.permute([p % nd for p in perm])
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+
+@register(operator.getitem)
+class GetItemRule(Rule):
+    """Tuple outputs (LSTM's (out, (h, c)), split) are indexed; tensors are indexed with basic indexing."""
+
+    def flow(self, ctx):
+        src = ctx.arg_map(0)
+        idx = ctx.args[1]
+        if isinstance(src, (tuple, list)):
+            return src[idx]
+        if src is None:
+            return None
+        if not isinstance(ctx.args[0], torch.Tensor):
+            return None
+        return _index(src, idx, ctx.args[0].dim())
+
+
+def _index(cmap: ChannelMap, idx, ndim: int) -> ChannelMap | None:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    specified = sum(1 for i in items if i is not None and i is not Ellipsis)
+    expanded = []
+    for i in items:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (ndim - specified))
+        else:
+            expanded.append(i)
+    pos = 0
+    for i in expanded:
+        if cmap is None:
+            return None
+        if i is None:
+            cmap = cmap.insert_dim(pos)
+            pos += 1
+        elif isinstance(i, bool) or not isinstance(i, (int, slice)):
+            raise Unsupported("advanced indexing")
+        elif isinstance(i, int):
+            if pos in cmap.dims:
+                raise Unsupported("integer index into a channel dim")
+            cmap = cmap.drop_dim(pos, i)
+        else:
+            if pos in cmap.dims and i != slice(None):
+                raise Unsupported("slicing a channel dim")
+            pos += 1
+    return cmap
+
+
+@register("size", "dim", "numel", builtins_getattr := getattr)
+class NoChannelsRule(Rule):
+    """Results that are not tensors of channels (sizes, dims)."""
+
+    def flow(self, ctx):
+        return None

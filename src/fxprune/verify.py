@@ -1,0 +1,96 @@
+"""Verify: run the pruned and the masked model on the same inputs and measure the difference.
+
+Outputs whose channels were pruned (``prune_outputs=True``) are compared on their kept channels.
+Both models run in eval mode under no_grad, so verification changes no BatchNorm statistics.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_flatten
+
+from .channels import ChannelMap
+
+
+class RecordingInterpreter(fx.Interpreter):
+    """Runs a GraphModule and keeps the first input of the named nodes."""
+
+    def __init__(self, gm: fx.GraphModule, names: set[str]):
+        super().__init__(gm)
+        self.names, self.recorded = names, {}
+
+    def run_node(self, n):
+        if n.name in self.names:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            self.recorded[n.name] = args[0]
+        return super().run_node(n)
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    modes = [[(m, m.training) for m in model.modules()] for model in models]
+    for model in models:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for pairs in modes:
+            for m, t in pairs:
+                m.train(t)
+
+
+def output_keeps(plan) -> list:
+    """Per flattened graph output: None (unchanged) or (channel dims, kept bool array) for a pruned one."""
+    analysis = plan.analysis
+    out_node = next(n for n in analysis.gm.graph.nodes if n.op == "output")
+    labels = fx.node.map_arg(out_node.args[0], lambda a: analysis.labels.get(a))
+    leaves, _ = tree_flatten(labels, is_leaf=lambda x: isinstance(x, ChannelMap) or x is None)
+    keeps = []
+    for cm in leaves:
+        if isinstance(cm, ChannelMap):
+            kept = torch.ones(cm.ids.shape, dtype=torch.bool)
+            lab = cm.ids >= 0
+            kept[lab] = ~plan.removed[cm.ids[lab]]
+            keeps.append(None if bool(kept.all()) else (cm.dims, kept))
+        else:
+            keeps.append(None)
+    return keeps
+
+
+def channels_last(t: torch.Tensor, dims) -> torch.Tensor:
+    """Move ``dims`` to the end and merge them: (..., prod(channel dims))."""
+    others = [d for d in range(t.dim()) if d not in dims]
+    return t.permute(*others, *dims).reshape(*[t.shape[d] for d in others], -1)
+
+
+def kept_values(t: torch.Tensor, dims, kept: torch.Tensor) -> torch.Tensor:
+    """The masked output's values at kept channel positions, in the pruned output's order."""
+    return channels_last(t, dims)[..., kept.reshape(-1)]
+
+
+def max_abs_diff(masked_out, pruned_out, keeps) -> float:
+    """max |pruned - masked| over all outputs; pruned outputs are compared on their kept channels."""
+    a, _ = tree_flatten(masked_out)
+    b, _ = tree_flatten(pruned_out)
+    worst = 0.0
+    for i, (x, y) in enumerate(zip(a, b)):
+        if not isinstance(x, torch.Tensor):
+            continue
+        k = keeps[i] if i < len(keeps) else None
+        if k is not None:
+            x, y = kept_values(x, *k), channels_last(y, k[0])
+        if x.shape != y.shape:
+            raise AssertionError(f"output {i}: pruned shape {tuple(y.shape)} != masked shape {tuple(x.shape)}")
+        if x.numel():
+            worst = max(worst, float((x.double() - y.double()).abs().max()))
+    return worst
+
+
+def relative_diff(masked_out, pruned_out, keeps) -> float:
+    """max |pruned - masked| / max(1, max |masked|): the figure compared against float32 rounding."""
+    a, _ = tree_flatten(masked_out)
+    scale = max([1.0] + [float(x.abs().max()) for x in a if isinstance(x, torch.Tensor) and x.numel()])
+    return max_abs_diff(masked_out, pruned_out, keeps) / scale
