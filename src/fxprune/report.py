@@ -35,11 +35,19 @@ class Report:
     rel_diff: float = 0.0
     prune_bias: bool = True
     notes: list[str] = field(default_factory=list)
+    #: per flattened output: None, or (channel dims, kept bool array) when its width changed
+    output_keeps: list = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["masks"] = {k: v.tolist() for k, v in self.masks.items()}
+        d.pop("output_keeps")
         return d
+
+    def compare(self, masked_out, pruned_out) -> float:
+        """max |pruned - masked| / max(1, max |masked|) for outputs of the two models on any input."""
+        from .verify import relative_diff
+        return relative_diff(masked_out, pruned_out, self.output_keeps)
 
     def __str__(self) -> str:
         rows = [("group", "pattern", "width", "status", "why")]
@@ -91,4 +99,5 @@ def build_report(plan, keeps, prune_bias: bool) -> Report:
                  for u in analysis.uses if u.site is not None)
     if folded:
         notes.append(f"constants of removed channels folded into the bias of {folded} consumer(s)")
-    return Report(groups, plan.tensor_masks(), barriers, out_names, prune_bias=prune_bias, notes=notes)
+    return Report(groups, plan.tensor_masks(), barriers, out_names, prune_bias=prune_bias, notes=notes,
+                  output_keeps=keeps)
