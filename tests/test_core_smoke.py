@@ -18,6 +18,12 @@ def test_sparsity_half(cls, prune_bias):
     x = torch.randn(4, 7) if cls in LINEAR else torch.randn(2, 1, 28, 28)
     pruned = fxprune.prune(model, (x,), sparsity=0.5, prune_bias=prune_bias)
     report = pruned.meta["fxprune"]
-    assert report.params_after < report.params_before
+    if cls is cp.Conv2dPool and not prune_bias:
+        # every consumer is a zero-padded conv: kept biases are constants that cannot be folded exactly
+        assert report.params_after == report.params_before
+        inner = [g for g in report.groups if "output" not in g.pattern]
+        assert inner and all(g.status == "unprunable" and "constant" in g.reason for g in inner)
+    else:
+        assert report.params_after < report.params_before
     assert report.rel_diff <= 1e-5
     assert_pruned_equals_masked(model, (x,), pruned)
