@@ -77,8 +77,9 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
 
 def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
     plan, analysis = state.plan, state.analysis
+    params_before = sum(p.numel() for p in state.gm.parameters())
     masked = build_masked(state.gm, plan, prune_bias)
-    baked = build_masked(state.gm, plan, prune_bias, bake=True)
+    baked = build_masked(state.gm, plan, prune_bias, bake=True)  # state.gm is ours: baked in place
     # consumers that read removed channels holding nonzero constants: record their inputs to fold them
     fold_uses = [u for u in analysis.uses if u.site is not None
                  and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
@@ -98,7 +99,7 @@ def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
     with eval_mode(pruned), FlopCounterMode(display=False) as after:
         pruned_out = pruned(*state.inputs)
     report: Report = build_report(plan, keeps, prune_bias)
-    report.params_before = sum(p.numel() for p in state.gm.parameters())
+    report.params_before = params_before
     report.params_after = sum(p.numel() for p in pruned.parameters())
     report.flops_before, report.flops_after = before.get_total_flops(), after.get_total_flops()
     report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)

@@ -30,12 +30,13 @@ def _has_custom_mask(rule) -> bool:
 
 
 def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = False) -> fx.GraphModule:
-    """A copy of the captured ``gm`` with the plan's masks in force.
+    """The captured ``gm`` with the plan's masks in force.
 
-    ``bake=False``: masks as parametrizations (the masked model users train).
-    ``bake=True``: masked weights written into plain parameters, the input of the rewrite.
+    ``bake=False``: a copy with masks as parametrizations (the masked model users train).
+    ``bake=True``: masked weights written into ``gm``'s own parameters (gm is the pipeline's private
+    copy), the input of the rewrite.
     """
-    new = copy.deepcopy(gm)
+    new = gm if bake else copy.deepcopy(gm)
     for owner, sites in _sites_by_owner(plan).items():
         try:
             module = new.get_submodule(owner)
