@@ -9,6 +9,8 @@ joined through their producers form a *group*.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 
 import torch
@@ -179,6 +181,7 @@ class ChannelFlow(ShapeProp):
             self.barriers.append((node, reason))
 
     def run_node(self, n: fx.Node):
+        self.current = n
         out = super().run_node(n)
         self.labels[n] = self._flow(n, out)
         return out
@@ -338,5 +341,18 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, fake_mode=fake_mode)
-    flow.propagate(*example_inputs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(example_inputs) > len(placeholders) or not all(
+            isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):
+        raise ValueError(f"the model takes {len(placeholders)} inputs ({', '.join(n.name for n in placeholders)}); "
+                         f"example_inputs has {len(example_inputs)}")
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback before raising
+            flow.propagate(*example_inputs)
+    except Exception as e:
+        cause = e.__cause__ or e
+        node = getattr(flow, "current", None)
+        where = f" at node {node.name} ({_op_name(node, flow.modules)})" if node is not None else ""
+        raise ValueError(f"running the model on example_inputs failed{where}: "
+                         f"{type(cause).__name__}: {cause}. Check the shapes and dtypes of example_inputs.") from e
     return Analysis(gm, flow)

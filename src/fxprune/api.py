@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import Analysis, analyze
@@ -96,8 +97,10 @@ def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
         fold[u.site] = torch.where(removed, values, torch.zeros_like(values))
     pruned = rewrite(baked, plan, fold)
     keeps = output_keeps(plan)
+    for node in pruned.graph.nodes:  # shapes from the capture are stale; the verifying run refreshes them
+        node.meta.pop("tensor_meta", None)
     with eval_mode(pruned), FlopCounterMode(display=False) as after:
-        pruned_out = pruned(*state.inputs)
+        pruned_out = ShapeProp(pruned).propagate(*state.inputs)
     report: Report = build_report(plan, keeps, prune_bias)
     report.params_before = params_before
     report.params_after = sum(p.numel() for p in pruned.parameters())
