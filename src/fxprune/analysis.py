@@ -35,7 +35,8 @@ class Site:
     ids: torch.Tensor          # element per index
     tensors: dict[str, int] = field(default_factory=dict)  # producer: param -> gates (rows = gates*n)
     biases: dict[str, int] = field(default_factory=dict)   # params masked only with prune_bias
-    params: tuple[str, ...] = ()                           # member: per-channel params
+    params: tuple[str, ...] = ()                           # member: per-channel params (sliced)
+    zeroed: tuple[str, ...] = ()                           # member: params masked with prune_bias
 
     @property
     def key(self):
@@ -122,13 +123,14 @@ class FlowContext:
         self.flow.uses.append(Use(self.node, cmap.ids, cmap.carry, True, fold,
                                   what or f"consumed by {self._name()}", key, dim))
 
-    def member(self, role: str, cmap: ChannelMap, params: tuple[str, ...]) -> None:
-        """Per-channel parameters of ``role`` are sliced with the channels of ``cmap`` (1 dim)."""
+    def member(self, role: str, cmap: ChannelMap, params: tuple[str, ...], zeroed: tuple[str, ...] = ()) -> None:
+        """Per-channel parameters ``params`` of ``role`` are sliced with the channels of ``cmap`` (1 dim);
+        ``zeroed`` ones are masked too when ``prune_bias`` (so a pruned channel is exactly 0 after it)."""
         key = (self.owner, role)
         site = self.flow.sites.get(key)
         if site is None:
             self.flow.sites[key] = Site(self.owner, role, "member", self.node, self.flow.rule_of(self.node),
-                                        cmap.ids, params=params)
+                                        cmap.ids, params=params, zeroed=zeroed)
         else:
             self._union_ids(site.ids, cmap.ids)
 

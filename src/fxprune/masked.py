@@ -54,7 +54,7 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
                 if prune_bias:
                     params.update(s.biases)
             elif s.kind == "member" and prune_bias:
-                params = {p: 1 for p in s.params}
+                params = {p: 1 for p in s.zeroed}
             else:
                 continue
             keep = plan.site_keep(s, for_removal=False)
@@ -120,7 +120,7 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
                 module.keep.copy_(plan.site_keep(s))
                 continue
             keep = plan.site_keep(s, for_removal=False)
-            names = dict(s.tensors) if s.kind == "producer" else {p: 1 for p in s.params}
+            names = dict(s.tensors) if s.kind == "producer" else {p: 1 for p in s.zeroed}
             if s.kind == "producer":
                 names.update(s.biases)
             for pname, gates in names.items():

@@ -85,12 +85,12 @@ def max_abs_diff(masked_out, pruned_out, keeps) -> float:
         if x.shape != y.shape:
             raise AssertionError(f"output {i}: pruned shape {tuple(y.shape)} != masked shape {tuple(x.shape)}")
         if x.numel():
-            worst = max(worst, float((x.double() - y.double()).abs().max()))
+            worst = max(worst, float((x.detach().double() - y.detach().double()).abs().max()))
     return worst
 
 
 def relative_diff(masked_out, pruned_out, keeps) -> float:
     """max |pruned - masked| / max(1, max |masked|): the figure compared against float32 rounding."""
     a, _ = tree_flatten(masked_out)
-    scale = max([1.0] + [float(x.abs().max()) for x in a if isinstance(x, torch.Tensor) and x.numel()])
+    scale = max([1.0] + [float(x.detach().abs().max()) for x in a if isinstance(x, torch.Tensor) and x.numel()])
     return max_abs_diff(masked_out, pruned_out, keeps) / scale

@@ -81,3 +81,58 @@ class LayerNormRule(Rule):
                 new.bias.copy_(m.bias.detach()[k])
         new.train(m.training)
         return new
+
+
+_BATCH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+@register(*_BATCH)
+class ChannelNormRule(Rule):
+    """BatchNorm / InstanceNorm: one scale and shift per channel (dim 1, or dim 0 unbatched).
+
+    With ``prune_bias`` the weight and bias of pruned channels are masked, so a pruned channel is
+    exactly 0 after the norm; otherwise the norm maps a constant channel to a constant (batch or
+    instance statistics of a constant channel normalise it to 0, leaving the shift)."""
+
+    def flow(self, ctx):
+        cmap = ctx.arg_map(0, "input")
+        if cmap is None:
+            return None
+        m = ctx.module
+        # BatchNorm always has a batch dim; InstanceNorm also takes unbatched (C, ...) input
+        unbatched = not isinstance(m, nn.modules.batchnorm._BatchNorm) and ctx.out.dim() == _unbatched_rank(m)
+        cdim = 0 if unbatched else 1
+        if cmap.dims != (cdim,):
+            raise Unsupported("channels on a dim other than the normalised channel dim")
+        params = tuple(p for p in ("weight", "bias", "running_mean", "running_var") if getattr(m, p, None) is not None)
+        zeroed = tuple(p for p in ("weight", "bias") if getattr(m, p, None) is not None)
+        ctx.member("channels", cmap, params, zeroed)
+        if zeroed and ctx.prune_bias:
+            return cmap.with_carry(ZERO)
+        if not m.affine:
+            # (c - mean) / std: a constant channel stays constant (eval) or becomes 0 (batch stats)
+            return cmap.map_carry(CONST if _uses_running_stats(m) else ZERO, CONST if _uses_running_stats(m) else ZERO)
+        return cmap.map_carry(CONST, CONST)
+
+    def rewrite(self, m, keep, fold):
+        k = keep["channels"]
+        new = type(m)(int(k.sum()), eps=m.eps, momentum=m.momentum, affine=m.affine,
+                      track_running_stats=m.track_running_stats)
+        with torch.no_grad():
+            for p in ("weight", "bias", "running_mean", "running_var"):
+                src = getattr(m, p, None)
+                if src is not None:
+                    getattr(new, p).copy_(src.detach()[k])
+            if getattr(m, "num_batches_tracked", None) is not None:
+                new.num_batches_tracked.copy_(m.num_batches_tracked)
+        new.train(m.training)
+        return new
+
+
+def _unbatched_rank(m) -> int:
+    name = type(m).__name__
+    return {"1": 2, "2": 3, "3": 4}[name[-2]]
+
+
+def _uses_running_stats(m) -> bool:
+    return (not m.training) and m.track_running_stats and m.running_mean is not None
