@@ -16,7 +16,7 @@ from .masked import build_masked
 from .masks import Plan, check_sparsity, make_plan, units_from_masks, units_from_sparsity
 from .report import Report, build_report
 from .rewrite import rewrite
-from .verify import RecordingInterpreter, eval_mode, max_abs_diff, output_keeps, relative_diff
+from .verify import RecordingInterpreter, verification_mode, max_abs_diff, output_keeps, relative_diff
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
     fold_uses = [u for u in analysis.uses if u.site is not None
                  and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
     recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses})
-    with eval_mode(masked), FlopCounterMode(display=False) as before:
+    with verification_mode(masked), FlopCounterMode(display=False) as before:
         masked_out = recorder.run(*state.inputs)
     fold = {}
     for u in fold_uses:
@@ -99,7 +99,7 @@ def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
     keeps = output_keeps(plan)
     for node in pruned.graph.nodes:  # shapes from the capture are stale; the verifying run refreshes them
         node.meta.pop("tensor_meta", None)
-    with eval_mode(pruned), FlopCounterMode(display=False) as after:
+    with verification_mode(pruned), FlopCounterMode(display=False) as after:
         pruned_out = ShapeProp(pruned).propagate(*state.inputs)
     report: Report = build_report(plan, keeps, prune_bias)
     report.params_before = params_before

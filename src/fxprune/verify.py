@@ -1,7 +1,9 @@
 """Verify: run the pruned and the masked model on the same inputs and measure the difference.
 
 Outputs whose channels were pruned (``prune_outputs=True``) are compared on their kept channels.
-Both models run in eval mode under no_grad, so verification changes no BatchNorm statistics.
+Both models run in the mode the model was captured in (constants that pruned channels carry through
+a BatchNorm differ between train and eval mode, and are folded for the captured mode), under no_grad,
+with dropout off and every buffer restored afterwards, so verification changes no BatchNorm statistics.
 """
 from __future__ import annotations
 
@@ -28,18 +30,27 @@ class RecordingInterpreter(fx.Interpreter):
         return super().run_node(n)
 
 
+_DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,
+            torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
+
+
 @contextlib.contextmanager
-def eval_mode(*models):
-    modes = [[(m, m.training) for m in model.modules()] for model in models]
-    for model in models:
-        model.eval()
+def verification_mode(*models):
+    """Captured mode, dropout off, no_grad; buffers (BatchNorm statistics) restored on exit."""
+    saved = [[(b, b.detach().clone()) for b in model.buffers()] for model in models]
+    dropouts = [m for model in models for m in model.modules() if isinstance(m, _DROPOUT) and m.training]
+    for m in dropouts:
+        m.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        for pairs in modes:
-            for m, t in pairs:
-                m.train(t)
+        for m in dropouts:
+            m.train()
+        with torch.no_grad():
+            for pairs in saved:
+                for b, v in pairs:
+                    b.copy_(v)
 
 
 def output_keeps(plan) -> list:
