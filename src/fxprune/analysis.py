@@ -138,6 +138,10 @@ class FlowContext:
         """Positions of a and b hold the same channel: prune them together."""
         self._union_ids(a.ids, b.ids)
 
+    def union_ids(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Elements at equal positions of a and b are pruned together."""
+        self._union_ids(a, b)
+
     def _union_ids(self, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = a.reshape(-1).tolist(), b.reshape(-1).tolist()
         uf = self.flow.uf

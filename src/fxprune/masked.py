@@ -25,6 +25,14 @@ def _sites_by_owner(plan: Plan) -> dict[str, list]:
     return by_owner
 
 
+def _rows(keep: torch.Tensor, gates: int, n_rows: int, kind: str) -> torch.Tensor:
+    """A parameter's row mask: producers stack gates (rows = gate * n + unit); a member with several rows
+    per channel (a depthwise conv with a channel multiplier) has them adjacent."""
+    if kind == "producer":
+        return keep.repeat(gates)
+    return keep.repeat_interleave(n_rows // keep.numel())
+
+
 def _has_custom_mask(rule) -> bool:
     return type(rule).masked is not Rule.masked
 
@@ -59,7 +67,7 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
                 continue
             keep = plan.site_keep(s, for_removal=False)
             for pname, gates in params.items():
-                rows = keep.repeat(gates)
+                rows = _rows(keep, gates, getattr(module, pname).shape[0], s.kind)
                 if bake:
                     if not bool(rows.all()):
                         with torch.no_grad():
@@ -127,5 +135,5 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
                 if parametrize.is_parametrized(module, pname):
                     for p in module.parametrizations[pname]:
                         if isinstance(p, RowMask):
-                            p.keep.copy_(keep.repeat(gates))
+                            p.keep.copy_(_rows(keep, gates, p.keep.numel(), s.kind))
     return plan.tensor_masks()

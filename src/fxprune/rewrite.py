@@ -44,6 +44,21 @@ class RewriteContext:
             sizes[d] = int(along.sum())
         return sizes
 
+    def kept_along(self, node: fx.Node, dim: int) -> torch.Tensor | None:
+        """Bool per position of ``node``'s dim ``dim``: does it survive? None if the dim holds no channels."""
+        cmap, _ = self._map_and_shape(node)
+        if cmap is None or dim not in cmap.dims:
+            return None
+        kept = torch.ones(cmap.ids.shape, dtype=torch.bool)
+        lab = cmap.ids >= 0
+        kept[lab] = ~self.plan.removed[cmap.ids[lab]]
+        axis = cmap.dims.index(dim)
+        others = [a for a in range(kept.dim()) if a != axis]
+        return kept.any(dim=others) if others else kept
+
+    def old_shape(self, node: fx.Node):
+        return self.analysis.shapes_by_name.get(node.name)
+
     def width_changed(self, node: fx.Node, dim: int) -> bool:
         new = self.new_sizes(node)
         old = self.analysis.shapes_by_name.get(node.name)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import operator
 
+import torch.fx as fx
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -121,31 +123,59 @@ class PermuteRule(Rule):
 
 @register(operator.getitem)
 class GetItemRule(Rule):
-    """Tuple outputs (LSTM's (out, (h, c)), split) are indexed; tensors are indexed with basic indexing."""
+    """Tuple outputs (LSTM's (out, (h, c)), split) are indexed; tensors take basic indexing: slices of a
+    channel dim keep their channels (and get new bounds after pruning), an integer picks one channel
+    (which then cannot be removed) or one row of a multi-dim map (an LSTM state's layer)."""
 
     def flow(self, ctx):
         src = ctx.arg_map(0)
         idx = ctx.args[1]
         if isinstance(src, (tuple, list)):
             return src[idx]
-        if src is None:
+        if src is None or not isinstance(ctx.args[0], torch.Tensor):
             return None
-        if not isinstance(ctx.args[0], torch.Tensor):
-            return None
-        return _index(src, idx, ctx.args[0].dim())
+        return _walk_index(src, idx, tuple(ctx.args[0].shape), ctx)
+
+    def rewrite_node(self, node, ctx):
+        src = node.args[0]
+        if not isinstance(src, fx.Node) or ctx.old_shape(src) is None or isinstance(node.args[1], fx.Node):
+            return
+        items, old_shape = _expand_index(node.args[1], len(ctx.old_shape(src)))
+        new_items, pos, changed = [], 0, False
+        for i in items:
+            kept = ctx.kept_along(src, pos) if i is not None else None
+            if kept is not None and isinstance(i, int):
+                i = int(kept[: i % len(kept)].sum())
+                changed = True
+            elif kept is not None and isinstance(i, slice) and i != slice(None):
+                start, stop, _ = i.indices(len(kept))
+                i = slice(int(kept[:start].sum()), int(kept[:stop].sum()))
+                changed = True
+            new_items.append(i)
+            if i is None or not isinstance(i, int):
+                pos += 1
+            if isinstance(i, int):
+                pos += 1
+        if changed:
+            node.args = (src, tuple(new_items) if isinstance(node.args[1], tuple) else new_items[0])
 
 
-def _index(cmap: ChannelMap, idx, ndim: int) -> ChannelMap | None:
-    items = idx if isinstance(idx, tuple) else (idx,)
+def _expand_index(idx, ndim):
+    items = list(idx) if isinstance(idx, tuple) else [idx]
     specified = sum(1 for i in items if i is not None and i is not Ellipsis)
-    expanded = []
+    out = []
     for i in items:
         if i is Ellipsis:
-            expanded.extend([slice(None)] * (ndim - specified))
+            out.extend([slice(None)] * (ndim - specified))
         else:
-            expanded.append(i)
+            out.append(i)
+    return out, ndim
+
+
+def _walk_index(cmap: ChannelMap, idx, shape, ctx) -> ChannelMap | None:
+    items, _ = _expand_index(idx, len(shape))
     pos = 0
-    for i in expanded:
+    for i in items:
         if cmap is None:
             return None
         if i is None:
@@ -154,12 +184,17 @@ def _index(cmap: ChannelMap, idx, ndim: int) -> ChannelMap | None:
         elif isinstance(i, bool) or not isinstance(i, (int, slice)):
             raise Unsupported("advanced indexing")
         elif isinstance(i, int):
-            if pos in cmap.dims:
-                raise Unsupported("integer index into a channel dim")
+            if pos in cmap.dims and len(cmap.dims) == 1:
+                # one channel is picked: it must stay, and the others do not pass
+                ctx.block(cmap.select(pos, slice(i % cmap.ids.shape[0], i % cmap.ids.shape[0] + 1)),
+                          f"{ctx.node.name}: picks channel {i}")
+                return None
             cmap = cmap.drop_dim(pos, i)
         else:
-            if pos in cmap.dims and i != slice(None):
-                raise Unsupported("slicing a channel dim")
+            if pos in cmap.dims:
+                if i.step not in (None, 1):
+                    raise Unsupported("strided slice of a channel dim")
+                cmap = cmap.select(pos, i)
             pos += 1
     return cmap
 
