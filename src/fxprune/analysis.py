@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from .channels import CONST, VARY, ZERO, ChannelMap, UnionFind
+from .channels import CONST, VARY, ZERO, ChannelMap, ParamView, UnionFind
 from .rules import Rule, Unsupported, call_rule, module_rule
 
 
@@ -29,7 +29,7 @@ class Site:
 
     owner: str                 # module path (or node name for function ops)
     role: str                  # "out", "in", "h0", "channels", ...
-    kind: str                  # "producer" | "consumer" | "member"
+    kind: str                  # "producer" | "consumer" | "member" | "param" (a get_attr sliced on a dim)
     node: fx.Node              # first node that used it
     rule: Rule
     ids: torch.Tensor          # element per index
@@ -134,6 +134,26 @@ class FlowContext:
         else:
             self._union_ids(site.ids, cmap.ids)
 
+    def param_member(self, pv: ParamView, operand_dim: int, cmap: ChannelMap, zeroed: bool) -> None:
+        """A parameter (seen through ``pv``) spans the channels of ``cmap`` on ``operand_dim``: slice it
+        there; ``zeroed``: an additive parameter, masked with ``prune_bias`` so a pruned channel stays 0."""
+        p = pv.param_dim(operand_dim)
+        if p is None:
+            return
+        owner, _, name = pv.target.rpartition(".")
+        role = f"{name}:dim{p}"
+        key = (owner, role)
+        if cmap.only_dim() is None:
+            raise Unsupported("a parameter meets channels spread over several dims")
+        site = self.flow.sites.get(key)
+        if site is None:
+            self.flow.sites[key] = Site(owner, role, "param", self.node, None, cmap.ids,
+                                        params=(name,), zeroed=(name,) if zeroed else ())
+        else:
+            self._union_ids(site.ids, cmap.ids)
+            if zeroed and not site.zeroed:
+                site.zeroed = (name,)
+
     def union(self, a: ChannelMap, b: ChannelMap) -> None:
         """Positions of a and b hold the same channel: prune them together."""
         self._union_ids(a.ids, b.ids)
@@ -193,7 +213,11 @@ class ChannelFlow(ShapeProp):
         return out
 
     def _flow(self, n: fx.Node, out):
-        if n.op in ("placeholder", "get_attr"):
+        if n.op == "get_attr":
+            if isinstance(out, torch.Tensor) and out.dim() > 0:
+                return ParamView(n.target, tuple(range(out.dim())), tuple(out.shape))
+            return None
+        if n.op == "placeholder":
             return None
         if n.op == "output":
             for cm in _maps_in(fx.node.map_arg(n.args[0], lambda a: self.labels.get(a))):

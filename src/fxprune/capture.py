@@ -63,6 +63,8 @@ def capture(model: nn.Module) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
     model = copy.deepcopy(model)
     masks = strip_masks(model)
     if isinstance(model, fx.GraphModule):
+        from .masked import strip_param_masks
+        strip_param_masks(model)
         return model, masks
     try:
         graph = Tracer().trace(model)

@@ -212,3 +212,36 @@ class UnionFind:
 
     def roots(self) -> torch.Tensor:
         return torch.tensor([self.find(i) for i in range(len(self.parent))], dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class ParamView:
+    """A tensor that is a view of a parameter or buffer (a ``get_attr``): tensor dim i is the
+    parameter's dim ``dims[i]``, or None where the tensor dim is new or broadcast (size 1 in the
+    parameter). When it meets channels, the parameter is sliced along that dim."""
+
+    target: str
+    dims: tuple[int | None, ...]
+    shape: tuple[int, ...]          # the parameter's shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.dims)
+
+    def param_dim(self, tensor_dim: int) -> int | None:
+        p = self.dims[tensor_dim]
+        return p if p is not None and self.shape[p] > 1 else None
+
+    def permute(self, perm) -> "ParamView":
+        return ParamView(self.target, tuple(self.dims[p] for p in perm), self.shape)
+
+    def reshape(self, in_shape, out_shape) -> "ParamView | None":
+        """Only reshapes that add or drop size-1 dims keep track of the parameter's dims."""
+        kept_in = [(i, s) for i, s in enumerate(in_shape) if s != 1]
+        kept_out = [(j, s) for j, s in enumerate(out_shape) if s != 1]
+        if [s for _, s in kept_in] != [s for _, s in kept_out]:
+            return None
+        dims = [None] * len(out_shape)
+        for (i, _), (j, _) in zip(kept_in, kept_out):
+            dims[j] = self.dims[i]
+        return ParamView(self.target, tuple(dims), self.shape)

@@ -33,6 +33,64 @@ def _rows(keep: torch.Tensor, gates: int, n_rows: int, kind: str) -> torch.Tenso
     return keep.repeat_interleave(n_rows // keep.numel())
 
 
+def param_site_dim(site) -> tuple[str, int]:
+    """(parameter name, dim) of a "param" site, whose role is "name:dimP"."""
+    name, _, dim = site.role.rpartition(":dim")
+    return name, int(dim)
+
+
+MASK_TAG = "fxprune_param_mask"
+
+
+def _keep_name(target: str, dim: int) -> str:
+    return f"_fxprune_keep_{target.replace('.', '_')}_dim{dim}"
+
+
+def _mask_param(gm: fx.GraphModule, owner: str, site, keep: torch.Tensor, bake: bool) -> None:
+    """Hold a get_attr parameter's pruned entries at zero. Baked: in the parameter itself. Masked model:
+    a ``mul`` by a keep buffer after each get_attr of it (a parametrization would have to live on the
+    module that owns the parameter, and that may be the GraphModule itself)."""
+    name, dim = param_site_dim(site)
+    target = f"{owner}.{name}" if owner else name
+    module = gm.get_submodule(owner)
+    param = getattr(module, name)
+    shape = [1] * param.dim()
+    shape[dim] = -1
+    if bake:
+        with torch.no_grad():
+            param.mul_(keep.reshape(shape).to(param.dtype))
+        return
+    buf = _keep_name(target, dim)
+    if hasattr(gm, buf):  # update_masks: the graph already multiplies by it
+        getattr(gm, buf).copy_(keep.reshape(shape).to(param.dtype))
+        return
+    gm.register_buffer(buf, keep.reshape(shape).to(param.dtype).clone())
+    for node in list(gm.graph.nodes):
+        if node.op == "get_attr" and node.target == target:
+            with gm.graph.inserting_after(node):
+                k = gm.graph.get_attr(buf)
+            with gm.graph.inserting_after(k):
+                masked = gm.graph.call_function(torch.mul, (node, k))
+            k.meta[MASK_TAG] = masked.meta[MASK_TAG] = True
+            node.replace_all_uses_with(masked, delete_user_cb=lambda u: u is not masked)
+
+
+def strip_param_masks(gm: fx.GraphModule) -> None:
+    """Undo _mask_param on a copy of a masked model (prune() of a masked model)."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.meta.get(MASK_TAG) and node.op == "call_function":
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            changed = True
+    for node in list(gm.graph.nodes):
+        if node.meta.get(MASK_TAG) and node.op == "get_attr":
+            gm.graph.erase_node(node)
+            delattr(gm, node.target)
+    if changed:
+        gm.recompile()
+
+
 def _has_custom_mask(rule) -> bool:
     return type(rule).masked is not Rule.masked
 
@@ -46,6 +104,13 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
     """
     new = gm if bake else copy.deepcopy(gm)
     for owner, sites in _sites_by_owner(plan).items():
+        params = [s for s in sites if s.kind == "param"]
+        sites = [s for s in sites if s.kind != "param"]
+        for s in params:
+            if prune_bias and s.zeroed:
+                _mask_param(new, owner, s, plan.site_keep(s, for_removal=False), bake)
+        if not sites:
+            continue
         try:
             module = new.get_submodule(owner)
         except AttributeError:
@@ -75,6 +140,7 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
                             p.mul_(rows.reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype))
                 else:
                     parametrize.register_parametrization(module, pname, RowMask(rows))
+    new.graph.lint()
     new.recompile()
     return new
 
@@ -124,6 +190,10 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
         except AttributeError:
             continue
         for s in sites:
+            if s.kind == "param":
+                if info["prune_bias"] and s.zeroed:
+                    _mask_param(masked, owner, s, plan.site_keep(s, for_removal=False), bake=False)
+                continue
             if isinstance(module, MaskedLayerNorm):
                 module.keep.copy_(plan.site_keep(s))
                 continue

@@ -18,14 +18,18 @@ from .saliency import CRITERIA, select, unit_scores
 
 
 class RowMask(nn.Module):
-    """Parametrization that keeps a weight's pruned output rows at zero (``keep`` is a bool buffer)."""
+    """Parametrization that keeps a weight's pruned output rows (or entries along ``dim``) at zero;
+    ``keep`` is a bool buffer."""
 
-    def __init__(self, keep: torch.Tensor):
+    def __init__(self, keep: torch.Tensor, dim: int = 0):
         super().__init__()
+        self.dim = dim
         self.register_buffer("keep", keep.clone().bool())
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self.keep.reshape(-1, *([1] * (w.dim() - 1))).to(w.dtype)
+        shape = [1] * w.dim()
+        shape[self.dim] = -1
+        return w * self.keep.reshape(shape).to(w.dtype)
 
 
 @dataclass

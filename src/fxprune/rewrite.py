@@ -65,6 +65,20 @@ class RewriteContext:
         return new is not None and old is not None and new[dim] != old[dim]
 
 
+def _slice_param(module, site, keep: torch.Tensor) -> None:
+    """A get_attr parameter or buffer sliced along the dim where it meets channels."""
+    from .masked import param_site_dim
+    if bool(keep.all()):
+        return
+    name, dim = param_site_dim(site)
+    old = getattr(module, name)
+    value = old.detach().index_select(dim, keep.nonzero().squeeze(1)).clone()
+    if isinstance(old, torch.nn.Parameter):
+        setattr(module, name, torch.nn.Parameter(value, requires_grad=old.requires_grad))
+    else:
+        module.register_buffer(name, value, persistent=name not in module._non_persistent_buffers_set)
+
+
 def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
     """Slice ``baked`` (a private copy, modified here) by ``plan``; ``fold[site_key]`` holds constants."""
     by_owner: dict[str, list] = {}
@@ -74,6 +88,11 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         try:
             module = baked.get_submodule(owner)
         except AttributeError:
+            continue
+        for s in [s for s in sites if s.kind == "param"]:
+            _slice_param(module, s, plan.site_keep(s))
+        sites = [s for s in sites if s.kind != "param"]
+        if not sites:
             continue
         keep = {s.role: plan.site_keep(s) for s in sites}
         folds = {s.role: fold.get(s.key) for s in sites}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..channels import VARY, ChannelMap
+from ..channels import VARY, ChannelMap, ParamView
 from . import Rule, Unsupported, register
 
 
@@ -19,7 +19,8 @@ class CatRule(Rule):
 
     def flow(self, ctx):
         tensors = ctx.arg(0, "tensors")
-        maps = list(ctx.arg_map(0, "tensors") or [])
+        raw = list(ctx.arg_map(0, "tensors") or [])
+        maps = [m if isinstance(m, ChannelMap) else None for m in raw]
         if all(m is None for m in maps):
             return None
         nd = ctx.out.dim()
@@ -36,8 +37,16 @@ class CatRule(Rule):
                 raise Unsupported("concatenated tensors hold channels on different dims")
             ctx.union(first, m)
         carry = torch.stack([m.carry for m in labeled]).amax(0)
-        if len(labeled) < len(maps):  # an input without tracked channels spans them
-            carry = torch.full_like(carry, VARY)
+        for m, t in zip(raw, tensors):
+            if m is None or isinstance(m, ChannelMap):
+                if m is None and any(t.shape[d] > 1 for d in first.dims):
+                    carry = torch.full_like(carry, VARY)  # an input without tracked channels spans them
+                continue
+            # a parameter (a class token) is concatenated: it is sliced with the channels
+            for d in first.dims:
+                ctx.param_member(m, d, first, zeroed=True)
+            if not ctx.prune_bias:
+                carry = torch.full_like(carry, VARY)
         return first.with_carry(carry)
 
 

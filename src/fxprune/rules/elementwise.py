@@ -7,7 +7,7 @@ import operator
 
 import torch
 
-from ..channels import CONST, VARY, ZERO, ChannelMap
+from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
 from . import Rule, Unsupported, register
 
 ADD = (operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
@@ -34,6 +34,8 @@ class BinaryRule(Rule):
             return None
         kind = _kind(ctx.node.target)
         nd = out.dim()
+        pa, pb = (m if isinstance(m, ParamView) else None for m in (ma, mb))
+        ma, mb = (m if isinstance(m, ChannelMap) else None for m in (ma, mb))
         ma = ma.align_to(nd) if ma is not None else None
         mb = mb.align_to(nd) if mb is not None else None
         if ma is not None and mb is not None:
@@ -51,6 +53,9 @@ class BinaryRule(Rule):
         cmap, other, first = (ma, b, True) if ma is not None else (mb, a, False)
         if cmap is None:
             return None
+        pv = pb if first else pa
+        if pv is not None:
+            return _with_param(ctx, cmap, pv, other, kind, first)
         if isinstance(other, numbers.Number):
             if kind == "add":
                 return cmap if other == 0 else cmap.map_carry(CONST, CONST)
@@ -72,3 +77,26 @@ class BinaryRule(Rule):
         if kind == "mul":
             return cmap.map_carry(ZERO, VARY)
         return cmap.map_carry(ZERO, VARY) if first else cmap.map_carry(VARY, VARY)
+
+
+def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind: str, first: bool):
+    """A parameter (layer scale, position embedding, bias) meets channels: it is sliced with them."""
+    offset = cmap.ndim - value.dim()
+    spans = [d for d in cmap.dims if d - offset >= 0 and value.shape[d - offset] > 1]
+    # does the parameter vary along any dim other than the channel dims? then it is no per-channel constant
+    per_channel = all(value.shape[i] == 1 for i in range(value.dim()) if i + offset not in cmap.dims)
+    for d in spans:
+        ctx.param_member(pv, d - offset, cmap, zeroed=(kind == "add"))
+    if not spans:  # broadcast along the channels: the same constant for every channel
+        const = CONST if per_channel else VARY
+        if kind == "add":
+            return cmap.map_carry(const, const)
+        return cmap.map_carry(ZERO, const) if first or kind == "mul" else cmap.map_carry(VARY, VARY)
+    const = CONST if per_channel else VARY
+    if kind == "add":
+        if ctx.prune_bias:  # the parameter's entries of pruned channels are masked too
+            return cmap.map_carry(ZERO, const)
+        return cmap.map_carry(const, const)
+    if kind == "mul" or first:
+        return cmap.map_carry(ZERO, const)
+    return cmap.map_carry(VARY, VARY)  # parameter / channels

@@ -1,6 +1,7 @@
 """Pooling: channels pass through; padded average pooling turns a constant channel non-constant."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -47,3 +48,29 @@ class PoolRule(Rule):
 
     def rewrite(self, m, keep, fold):
         return m
+
+
+@register(torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin")
+class ReduceRule(Rule):
+    """Reductions over dims without channels (global average pooling as x.mean([2, 3])): channels pass;
+    a reduction over a channel dim mixes channels and is a barrier."""
+
+    def flow(self, ctx):
+        from ..channels import ChannelMap
+        cmap = ctx.arg_map(0, "input")
+        if not isinstance(cmap, ChannelMap):
+            return None
+        dims = ctx.arg(1, "dim")
+        if dims is None:
+            raise Unsupported("reduction over all dims, channels included")
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        nd = cmap.ndim
+        dims = sorted(d % nd for d in dims)
+        if any(d in cmap.dims for d in dims):
+            raise Unsupported("reduction over a channel dim")
+        keepdim = ctx.arg(2, "keepdim", False)
+        out = cmap
+        if not keepdim:
+            for d in reversed(dims):
+                out = out.drop_dim(d, 0)
+        return out

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, VARY, ChannelMap
+from ..channels import CONST, VARY, ChannelMap, ParamView
 from . import Rule, Unsupported, register
 
 
@@ -57,6 +57,8 @@ class ReshapeRule(Rule):
             return None
         x = ctx.arg(0, "input")
         out = cmap.reshape(tuple(x.shape), tuple(ctx.out.shape))
+        if isinstance(cmap, ParamView):
+            return out
         if out is None:
             raise Unsupported(f"cannot follow channels through reshape {tuple(x.shape)} -> {tuple(ctx.out.shape)}")
         return out
@@ -134,6 +136,8 @@ class GetItemRule(Rule):
             return src[idx]
         if src is None or not isinstance(ctx.args[0], torch.Tensor):
             return None
+        if isinstance(src, ParamView):
+            return _index_param(src, idx)
         return _walk_index(src, idx, tuple(ctx.args[0].shape), ctx)
 
     def rewrite_node(self, node, ctx):
@@ -158,6 +162,36 @@ class GetItemRule(Rule):
                 pos += 1
         if changed:
             node.args = (src, tuple(new_items) if isinstance(node.args[1], tuple) else new_items[0])
+
+
+def _index_param(pv: ParamView, idx) -> ParamView | None:
+    items, _ = _expand_index(idx, pv.ndim)
+    dims, pos = [], 0
+    for i in items:
+        if i is None:
+            dims.append(None)
+        elif isinstance(i, int) and not isinstance(i, bool):
+            pos += 1
+        elif i == slice(None):
+            dims.append(pv.dims[pos])
+            pos += 1
+        else:
+            return None  # a partial view of the parameter is not tracked
+    return ParamView(pv.target, tuple(dims) + pv.dims[pos:], pv.shape)
+
+
+@register("expand", "expand_as", "broadcast_to", torch.broadcast_to)
+class ExpandRule(Rule):
+    """Broadcasting a tensor: only size-1 dims grow, and new dims come first."""
+
+    def flow(self, ctx):
+        src = _map(ctx)
+        if src is None:
+            return None
+        nd = ctx.out.dim()
+        if isinstance(src, ParamView):
+            return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape)
+        return src.align_to(nd)
 
 
 def _expand_index(idx, ndim):
