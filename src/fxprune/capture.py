@@ -60,7 +60,7 @@ def capture(model: nn.Module) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
     """A traced private copy of ``model`` and the row masks it carried (keyed by tensor fqn)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
-    model = copy.deepcopy(model)
+    model = private_copy(model)
     masks = strip_masks(model)
     if isinstance(model, fx.GraphModule):
         from .masked import strip_param_masks
@@ -77,6 +77,40 @@ def capture(model: nn.Module) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
     return fx.GraphModule(model, graph, class_name=type(model).__name__), masks
 
 
+def private_copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy, also for recurrent modules whose cached ``_flat_weights`` are outputs of
+    parametrizations (non-leaf tensors cannot be deep-copied): those are copied detached."""
+    memo = {}
+    for m in model.modules():
+        for t in getattr(m, "_flat_weights", None) or ():
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _unparametrize(mod: nn.Module, names: list[str]) -> None:
+    """Drop the parametrizations ``names`` of ``mod`` (a private copy), restoring the original tensors.
+
+    torch's remove_parametrizations deletes the property from the injected Parametrized* class, which a
+    deep copy shares with the user's model; here only this instance changes class."""
+    plists = mod.parametrizations
+    originals = {n: plists[n].original for n in names}
+    remaining = [n for n in plists.keys() if n not in names]
+    if remaining:  # other parametrizations stay: torch's own removal is safe on a class of our making
+        for n in names:
+            parametrize.remove_parametrizations(mod, n, leave_parametrized=False)
+        return
+    mod.__class__ = type(mod).__bases__[0]
+    del mod._modules["parametrizations"]
+    for n, t in originals.items():
+        if isinstance(t, nn.Parameter):
+            mod.register_parameter(n, t)
+        else:
+            mod.register_buffer(n, t)
+    if hasattr(mod, "_init_flat_weights"):  # recurrent modules cache their weights
+        mod._init_flat_weights()
+
+
 def strip_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Remove mask machinery from ``model`` (a private copy) and return the row masks it held."""
     from torch.ao.pruning._experimental.pruner.parametrization import BiasHook, FakeStructuredSparsity
@@ -89,15 +123,18 @@ def strip_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, mod in list(model.named_modules()):
         prefix = f"{name}." if name else ""
         if parametrize.is_parametrized(mod):
+            stripped = []
             for pname in list(mod.parametrizations.keys()):
                 plist = mod.parametrizations[pname]
                 found = [p for p in plist if isinstance(p, (RowMask, FakeStructuredSparsity))]
-                if not found:
-                    continue
+                if not found or len(found) != len(plist):
+                    continue  # a parametrization of the user's own stays part of the model
                 p = found[0]
                 keep = p.keep if isinstance(p, RowMask) else p.mask
                 masks[prefix + pname] = keep.detach().clone().bool()
-                parametrize.remove_parametrizations(mod, pname, leave_parametrized=False)
+                stripped.append(pname)
+            if stripped:
+                _unparametrize(mod, stripped)
         if hasattr(mod, "_bias") and isinstance(getattr(mod, "_bias"), torch.Tensor):  # torch.ao bias hook
             bias = mod._bias
             del mod._bias
