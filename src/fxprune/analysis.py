@@ -35,6 +35,7 @@ class Site:
     ids: torch.Tensor          # element per index
     tensors: dict[str, int] = field(default_factory=dict)  # producer: param -> gates (rows = gates*n)
     biases: dict[str, int] = field(default_factory=dict)   # params masked only with prune_bias
+    axes: dict[str, int] = field(default_factory=dict)     # producer: param -> dim holding the rows (0)
     params: tuple[str, ...] = ()                           # member: per-channel params (sliced)
     zeroed: tuple[str, ...] = ()                           # member: params masked with prune_bias
 
@@ -90,14 +91,16 @@ class FlowContext:
         return self.node.target if self.node.op == "call_module" else self.node.name
 
     # -- bookkeeping -----------------------------------------------------------------------------
-    def produce(self, role: str, n: int, tensors: dict[str, int], biases: dict[str, int] | None = None) -> torch.Tensor:
-        """Fresh elements for the output rows of ``role`` (the same ones if the module is called again)."""
+    def produce(self, role: str, n: int, tensors: dict[str, int], biases: dict[str, int] | None = None,
+                axes: dict[str, int] | None = None) -> torch.Tensor:
+        """Fresh elements for the output rows of ``role`` (the same ones if the module is called again).
+        ``tensors``: param -> gates (rows = gates * n); ``axes``: param -> the dim of those rows (0)."""
         key = (self.owner, role)
         site = self.flow.sites.get(key)
         if site is None:
             ids = torch.tensor(self.flow.uf.add(n), dtype=torch.long)
             site = Site(self.owner, role, "producer", self.node, self.flow.rule_of(self.node), ids,
-                        dict(tensors), dict(biases or {}))
+                        dict(tensors), dict(biases or {}), dict(axes or {}))
             self.flow.sites[key] = site
             self.flow.element_site.extend([key] * n)
         return site.ids
@@ -154,6 +157,10 @@ class FlowContext:
             if zeroed and not site.zeroed:
                 site.zeroed = (name,)
 
+    def require_product(self, cmap: ChannelMap) -> None:
+        """The kept channels of ``cmap`` (several dims) must form a product of per-dim index sets."""
+        self.flow.products.append(cmap.ids)
+
     def union(self, a: ChannelMap, b: ChannelMap) -> None:
         """Positions of a and b hold the same channel: prune them together."""
         self._union_ids(a.ids, b.ids)
@@ -189,6 +196,7 @@ class ChannelFlow(ShapeProp):
         self.uf = UnionFind()
         self.element_site: list[tuple] = []
         self.barriers: list[tuple[fx.Node, str]] = []
+        self.products: list[torch.Tensor] = []
         self.modules = dict(gm.named_modules())
 
     def rule_of(self, node: fx.Node) -> Rule | None:
@@ -292,6 +300,7 @@ class Analysis:
         self.labels = flow.labels
         self.prune_bias = flow.prune_bias
         self.element_site = flow.element_site
+        self.products = flow.products
         self.n_elements = len(flow.uf.parent)
         self.root = flow.uf.roots()
         self.labels_by_name = {n.name: v for n, v in flow.labels.items()}

@@ -78,35 +78,30 @@ def capture(model: nn.Module) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
 
 
 def private_copy(model: nn.Module) -> nn.Module:
-    """copy.deepcopy, also for recurrent modules whose cached ``_flat_weights`` are outputs of
-    parametrizations (non-leaf tensors cannot be deep-copied): those are copied detached."""
+    """copy.deepcopy that leaves the original alone whatever is done to the copy.
+
+    Parametrized modules get a class of their own: a deep copy shares torch's injected Parametrized*
+    class, and adding or removing a parametrization edits that class. Recurrent modules whose cached
+    ``_flat_weights`` are outputs of parametrizations (non-leaf tensors cannot be deep-copied) have
+    those copied detached."""
     memo = {}
     for m in model.modules():
         for t in getattr(m, "_flat_weights", None) or ():
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 memo[id(t)] = t.detach().clone()
-    return copy.deepcopy(model, memo)
+    new = copy.deepcopy(model, memo)
+    for m in new.modules():
+        if parametrize.is_parametrized(m):
+            cls = type(m)
+            m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    return new
 
 
 def _unparametrize(mod: nn.Module, names: list[str]) -> None:
-    """Drop the parametrizations ``names`` of ``mod`` (a private copy), restoring the original tensors.
-
-    torch's remove_parametrizations deletes the property from the injected Parametrized* class, which a
-    deep copy shares with the user's model; here only this instance changes class."""
-    plists = mod.parametrizations
-    originals = {n: plists[n].original for n in names}
-    remaining = [n for n in plists.keys() if n not in names]
-    if remaining:  # other parametrizations stay: torch's own removal is safe on a class of our making
-        for n in names:
-            parametrize.remove_parametrizations(mod, n, leave_parametrized=False)
-        return
-    mod.__class__ = type(mod).__bases__[0]
-    del mod._modules["parametrizations"]
-    for n, t in originals.items():
-        if isinstance(t, nn.Parameter):
-            mod.register_parameter(n, t)
-        else:
-            mod.register_buffer(n, t)
+    """Drop the parametrizations ``names`` of ``mod`` (in a :func:`private_copy`, whose class is its
+    own), restoring the original tensors."""
+    for n in names:
+        parametrize.remove_parametrizations(mod, n, leave_parametrized=False)
     if hasattr(mod, "_init_flat_weights"):  # recurrent modules cache their weights
         mod._init_flat_weights()
 

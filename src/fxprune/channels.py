@@ -130,9 +130,14 @@ class ChannelMap:
         carry = carry.permute(order).reshape(view_shape).expand(full_shape)
         new_dims = [d for (ins, outs) in runs if any(d in self.dims for d in ins) for d in outs]
         new_shape = [out_shape[d] for d in new_dims]
-        return ChannelMap(
-            tuple(new_dims), ids.reshape(new_shape), carry.reshape(new_shape), len(out_shape)
-        )
+        ids, carry = ids.reshape(new_shape), carry.reshape(new_shape)
+        # size-1 dims that a run absorbed hold no channels (view(b, c) -> view(b, c, 1, 1))
+        wide = [i for i, d in enumerate(new_dims) if out_shape[d] != 1] or [0]
+        if len(wide) < len(new_dims):
+            ids = ids.reshape([new_shape[i] for i in wide])
+            carry = carry.reshape([new_shape[i] for i in wide])
+            new_dims = [new_dims[i] for i in wide]
+        return ChannelMap(tuple(new_dims), ids, carry, len(out_shape))
 
     @staticmethod
     def cat(maps: list["ChannelMap | None"], sizes: list[int], dim: int, ndim: int) -> "ChannelMap | None":

@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 from torch.nn.utils import parametrize
 
+from .capture import private_copy
 from .masks import Plan, RowMask
 from .rules import Rule
 
@@ -102,7 +103,7 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
     ``bake=True``: masked weights written into ``gm``'s own parameters (gm is the pipeline's private
     copy), the input of the rewrite.
     """
-    new = gm if bake else copy.deepcopy(gm)
+    new = gm if bake else private_copy(gm)
     for owner, sites in _sites_by_owner(plan).items():
         params = [s for s in sites if s.kind == "param"]
         sites = [s for s in sites if s.kind != "param"]
@@ -132,14 +133,17 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
                 continue
             keep = plan.site_keep(s, for_removal=False)
             for pname, gates in params.items():
-                rows = _rows(keep, gates, getattr(module, pname).shape[0], s.kind)
+                axis = s.axes.get(pname, 0)
+                rows = _rows(keep, gates, getattr(module, pname).shape[axis], s.kind)
                 if bake:
                     if not bool(rows.all()):
                         with torch.no_grad():
                             p = getattr(module, pname)
-                            p.mul_(rows.reshape(-1, *([1] * (p.dim() - 1))).to(p.dtype))
+                            shape = [1] * p.dim()
+                            shape[axis] = -1
+                            p.mul_(rows.reshape(shape).to(p.dtype))
                 else:
-                    parametrize.register_parametrization(module, pname, RowMask(rows))
+                    parametrize.register_parametrization(module, pname, RowMask(rows, axis))
     new.graph.lint()
     new.recompile()
     return new

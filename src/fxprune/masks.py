@@ -148,7 +148,32 @@ def make_plan(analysis: Analysis, masked: torch.Tensor) -> Plan:
             names = ", ".join(f"{s.owner}" for s in g.producers)
             raise ValueError(f"the masks prune every channel of the group produced by {names}; keep at least one")
     _equalize(analysis, masked, removed, kept)
+    _rectangles(analysis, removed, kept)
     return Plan(analysis, masked, removed, kept)
+
+
+def _rectangles(analysis: Analysis, removed, kept) -> None:
+    """Channels split over several dims (view(b, groups, c // groups, ...)) must keep a product of
+    per-dim index sets; masked units inside the product's hull stay in the model, still zero."""
+    changed = True
+    while changed:
+        changed = False
+        for ids in analysis.products:
+            lab = ids >= 0
+            stay = torch.ones(ids.shape, dtype=torch.bool)
+            stay[lab] = ~removed[ids[lab]]
+            hull = torch.ones(ids.shape, dtype=torch.bool)
+            for axis in range(ids.dim()):
+                others = [a for a in range(ids.dim()) if a != axis]
+                along = stay.any(dim=others) if others else stay
+                shape = [1] * ids.dim()
+                shape[axis] = -1
+                hull &= along.reshape(shape)
+            for e in ids[hull & lab & ~stay].unique().tolist():
+                unit = analysis.unit_of[int(analysis.root[e])]
+                removed[unit.elements] = False
+                kept[unit.root] = "kept so that channels split over several dims stay rectangular"
+                changed = True
 
 
 def _equalize(analysis: Analysis, masked, removed, kept) -> None:

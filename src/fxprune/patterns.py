@@ -38,7 +38,7 @@ def name_group(analysis, group) -> str:
         cmaps = analysis.labels.get(node)
         if _labels_touch(cmaps, elements):
             kind = op_kind(node, modules)
-            if kind not in ("getitem", "contiguous", "identity") and (not path or path[-1] != kind):
+            if kind not in _LAYOUT and (not path or path[-1] != kind):
                 path.append(kind)
     prod = "+".join(dict.fromkeys(op_kind(n, modules) for n in _ordered(gm, producer_nodes)))
     cons = "+".join(dict.fromkeys(op_kind(n, modules) for n in _ordered(gm, consumer_nodes)))
@@ -48,6 +48,12 @@ def name_group(analysis, group) -> str:
     if outputs:
         parts.append("output")
     return "-".join(p for p in parts if p)
+
+
+# ops that only move channels around are left out of pattern names (flatten and cat stay: they
+# change what a channel is)
+_LAYOUT = {"getitem", "contiguous", "identity", "view", "reshape", "transpose", "permute", "expand",
+           "expand_as", "split", "chunk", "unsqueeze", "squeeze", "to", "float", "clone", "detach"}
 
 
 def _ordered(gm, nodes):

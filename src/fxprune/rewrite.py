@@ -56,6 +56,13 @@ class RewriteContext:
         others = [a for a in range(kept.dim()) if a != axis]
         return kept.any(dim=others) if others else kept
 
+    def replace_with_constant(self, node: fx.Node, value) -> None:
+        """Users of ``node`` read ``value`` instead; the node goes."""
+        for user in list(node.users):
+            user.args = fx.node.map_arg(user.args, lambda n: value if n is node else n)
+            user.kwargs = fx.node.map_arg(user.kwargs, lambda n: value if n is node else n)
+        node.graph.erase_node(node)
+
     def old_shape(self, node: fx.Node):
         return self.analysis.shapes_by_name.get(node.name)
 
@@ -81,6 +88,7 @@ def _slice_param(module, site, keep: torch.Tensor) -> None:
 
 def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
     """Slice ``baked`` (a private copy, modified here) by ``plan``; ``fold[site_key]`` holds constants."""
+    shared = _shared_parameters(baked)
     by_owner: dict[str, list] = {}
     for s in plan.analysis.sites.values():
         by_owner.setdefault(s.owner, []).append(s)
@@ -101,10 +109,32 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         baked.set_submodule(owner, sites[0].rule.rewrite(module, keep, folds))
     ctx = RewriteContext(plan)
     for node in list(baked.graph.nodes):
+        if node.graph is None:  # erased by an earlier rewrite_node
+            continue
         if node.op in ("call_function", "call_method"):
             rule = call_rule(node.target)
             if rule is not None:
                 rule.rewrite_node(node, ctx)
+    _retie(baked, shared)
     baked.graph.lint()
     baked.recompile()
     return baked
+
+
+def _shared_parameters(gm: torch.nn.Module) -> list[list[tuple[str, str]]]:
+    """Parameters that several modules hold (tied embeddings): [(module path, name), ...] per tensor."""
+    where: dict[int, list[tuple[str, str]]] = {}
+    for path, mod in gm.named_modules(remove_duplicate=False):
+        for name, p in mod._parameters.items():
+            if p is not None:
+                where.setdefault(id(p), []).append((path, name))
+    return [places for places in where.values() if len(places) > 1]
+
+
+def _retie(gm: torch.nn.Module, shared) -> None:
+    """Tie again what was tied, when every holder was sliced the same way."""
+    for places in shared:
+        params = [getattr(gm.get_submodule(path), name) for path, name in places]
+        if all(p.shape == params[0].shape and torch.equal(p, params[0]) for p in params[1:]):
+            for path, name in places[1:]:
+                setattr(gm.get_submodule(path), name, params[0])

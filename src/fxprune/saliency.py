@@ -36,7 +36,8 @@ def unit_scores(analysis, group, model, criterion: str) -> torch.Tensor:
         for name, gates in site.tensors.items():
             if "weight" not in name:
                 continue
-            s = element_scores(getattr(module, name), gates, criterion).double()
+            weight = getattr(module, name).movedim(site.axes.get(name, 0), 0)
+            s = element_scores(weight, gates, criterion).double()
             roots = analysis.root[site.ids]
             for j, r in enumerate(roots.tolist()):
                 scores[position[r]] += s[j]

@@ -138,3 +138,23 @@ def _conv_like(m, weight, bias):
     new.weight = nn.Parameter(weight.clone(), requires_grad=m.weight.requires_grad)
     new.bias = None if bias is None else nn.Parameter(bias.clone())
     return new
+
+
+@register(nn.Embedding)
+class EmbeddingRule(Rule):
+    """An embedding table produces embedding_dim channels: its weight's columns."""
+
+    def flow(self, ctx):
+        m = ctx.module
+        if m.max_norm is not None:
+            raise Unsupported("max_norm renormalises rows over all channels")
+        ids = ctx.produce("out", m.embedding_dim, {"weight": 1}, axes={"weight": 1})
+        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, ZERO)
+
+    def rewrite(self, m, keep, fold):
+        k = keep["out"]
+        new = copy.copy(m)
+        new._parameters = dict(m._parameters)
+        new.weight = nn.Parameter(m.weight.detach()[:, k].clone(), requires_grad=m.weight.requires_grad)
+        new.embedding_dim = int(k.sum())
+        return new

@@ -61,6 +61,10 @@ class ReshapeRule(Rule):
             return out
         if out is None:
             raise Unsupported(f"cannot follow channels through reshape {tuple(x.shape)} -> {tuple(ctx.out.shape)}")
+        if len(out.dims) > len(cmap.dims):
+            # channels split over several dims: the kept ones must form a product (a rectangle), or
+            # the pruned tensor's layout would not match the masked one's
+            ctx.require_product(out)
         return out
 
     def rewrite(self, m, keep, fold):
@@ -81,11 +85,11 @@ class ReshapeRule(Rule):
             return
         changed = False
         for d, s in enumerate(sizes):
-            if isinstance(s, int) and s != -1 and s != new_sizes[d]:
+            # a dim whose width changed gets the new width; others keep their argument (-1, run-time
+            # batch sizes); sizes read at run time from pruned widths hold their original values
+            if s != -1 and ctx.width_changed(node, d):
                 sizes[d] = new_sizes[d]
                 changed = True
-            elif not isinstance(s, int) and ctx.width_changed(node, d):
-                raise Unsupported(f"{node.name}: size of dim {d} is computed at run time from a pruned width")
         if changed:
             node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
 
@@ -235,7 +239,31 @@ def _walk_index(cmap: ChannelMap, idx, shape, ctx) -> ChannelMap | None:
 
 @register("size", "dim", "numel", builtins_getattr := getattr)
 class NoChannelsRule(Rule):
-    """Results that are not tensors of channels (sizes, dims)."""
+    """Results that are not tensors of channels (sizes, dims). A size read from a dim whose width is
+    pruned keeps its original value, so arithmetic on it (C // heads, a 1/sqrt(C) scale) does not
+    change; shape arguments of reshapes get the new widths from their own rule."""
 
     def flow(self, ctx):
         return None
+
+    def rewrite_node(self, node, ctx):
+        src = node.args[0] if node.args else None
+        if not isinstance(src, fx.Node) or ctx.old_shape(src) is None:
+            return
+        if node.op == "call_function" and node.args[1:] != ("shape",):
+            return
+        if node.op == "call_method" and node.target != "size":
+            return
+        old = ctx.old_shape(src)
+        changed = [d for d in range(len(old)) if ctx.width_changed(src, d)]
+        if not changed:
+            return
+        dim = node.args[1] if node.op == "call_method" and len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is not None:  # x.size(d)
+            if dim % len(old) in changed:
+                ctx.replace_with_constant(node, old[dim])
+            return
+        for user in list(node.users):  # x.size() / x.shape, unpacked by getitem
+            if user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int) \
+                    and user.args[1] % len(old) in changed:
+                ctx.replace_with_constant(user, old[user.args[1]])

@@ -1,0 +1,45 @@
+"""capture never changes the user's model, also when it carries parametrizations of its own."""
+import torch
+import torch.nn as nn
+from torch.ao.pruning._experimental.pruner import BaseStructuredSparsifier
+from torch.nn.utils import parametrize
+from torch.testing._internal import common_pruning as cp
+
+import fxprune
+from conftest import model_digest
+
+
+class Scale(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+class FirstHalfOfEachGate(BaseStructuredSparsifier):
+    def update_mask(self, module, tensor_name, **kwargs):
+        mask = getattr(module.parametrizations, tensor_name)[0].mask
+        n = len(mask) // 4
+        for g in range(4):
+            mask[g * n + n // 2:(g + 1) * n] = False
+
+
+def test_torchao_masks_next_to_a_user_parametrization():
+    """torch.ao masks on layer 0, the user's own parametrization on layer 1 of the same LSTM."""
+    m = cp.LSTMLinearModel(8, 8, 8, 2).eval()
+    pruner = FirstHalfOfEachGate({})
+    pruner.prepare(m, [{"tensor_fqn": "lstm.weight_ih_l0"}, {"tensor_fqn": "lstm.weight_hh_l0"}])
+    pruner.enable_mask_update = True
+    pruner.step()
+    parametrize.register_parametrization(m.lstm, "weight_hh_l1", Scale())
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        before = m(x)[0]
+    digest = model_digest(m)
+    pruned = fxprune.prune(m, (x,), prune_outputs=True)
+    assert model_digest(m) == digest
+    with torch.no_grad():
+        assert torch.equal(m(x)[0], before)
+    report = pruned.meta["fxprune"]
+    assert pruned.lstm.hidden_size == 8  # layer 1 is not masked, so layer 0 keeps 8 units too
+    assert report.rel_diff <= 1e-5
+    # the user's parametrization is part of the model: still in force in the pruned one
+    assert parametrize.is_parametrized(pruned.lstm, "weight_hh_l1")
