@@ -367,10 +367,11 @@ class Analysis:
     # -- helpers used by the later stages ------------------------------------------------------------
     def producer_for_tensor(self, fqn: str) -> tuple[Site, int] | None:
         """The producer site whose parameter ``fqn`` holds rows per element, and its gate count."""
-        owner, _, name = fqn.rpartition(".")
         for s in self.sites.values():
-            if s.kind == "producer" and s.owner == owner and name in s.tensors:
-                return s, s.tensors[name]
+            if s.kind == "producer":
+                for name, gates in s.tensors.items():
+                    if (f"{s.owner}.{name}" if s.owner else name) == fqn:
+                        return s, gates
         return None
 
 

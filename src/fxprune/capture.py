@@ -44,6 +44,19 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} in {f.name}: `{(f.line or '').strip()}`"
 
 
+def attr(module, dotted: str):
+    """getattr through dots (``out_proj.weight``)."""
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def owner_of(module, dotted: str):
+    """(submodule, leaf name) holding ``dotted``."""
+    path, _, leaf = dotted.rpartition(".")
+    return (module.get_submodule(path) if path else module), leaf
+
+
 def normalize_inputs(example_inputs) -> tuple:
     if example_inputs is None:
         raise ValueError("example_inputs is required: a tensor or a tuple of the model's positional inputs")

@@ -14,7 +14,7 @@ import torch
 import torch.fx as fx
 from torch.nn.utils import parametrize
 
-from .capture import private_copy
+from .capture import attr, owner_of, private_copy
 from .masks import Plan, RowMask
 from .rules import Rule
 
@@ -27,10 +27,12 @@ def _sites_by_owner(plan: Plan) -> dict[str, list]:
 
 
 def _rows(keep: torch.Tensor, gates: int, n_rows: int, kind: str) -> torch.Tensor:
-    """A parameter's row mask: producers stack gates (rows = gate * n + unit); a member with several rows
-    per channel (a depthwise conv with a channel multiplier) has them adjacent."""
+    """A parameter's row mask. Producers stack gates, and each unit may span several adjacent rows
+    (an attention head's head_dim rows): rows = (gate, unit, span). A member with several rows per
+    channel (a depthwise conv with a channel multiplier) has them adjacent."""
     if kind == "producer":
-        return keep.repeat(gates)
+        span = n_rows // (gates * keep.numel())
+        return keep.repeat_interleave(span).repeat(gates)
     return keep.repeat_interleave(n_rows // keep.numel())
 
 
@@ -134,16 +136,16 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
             keep = plan.site_keep(s, for_removal=False)
             for pname, gates in params.items():
                 axis = s.axes.get(pname, 0)
-                rows = _rows(keep, gates, getattr(module, pname).shape[axis], s.kind)
+                rows = _rows(keep, gates, attr(module, pname).shape[axis], s.kind)
                 if bake:
                     if not bool(rows.all()):
                         with torch.no_grad():
-                            p = getattr(module, pname)
+                            p = attr(module, pname)
                             shape = [1] * p.dim()
                             shape[axis] = -1
                             p.mul_(rows.reshape(shape).to(p.dtype))
                 else:
-                    parametrize.register_parametrization(module, pname, RowMask(rows, axis))
+                    parametrize.register_parametrization(*owner_of(module, pname), RowMask(rows, axis))
     new.graph.lint()
     new.recompile()
     return new
@@ -206,8 +208,9 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
             if s.kind == "producer":
                 names.update(s.biases)
             for pname, gates in names.items():
-                if parametrize.is_parametrized(module, pname):
-                    for p in module.parametrizations[pname]:
+                holder, leaf = owner_of(module, pname)
+                if parametrize.is_parametrized(holder, leaf):
+                    for p in holder.parametrizations[leaf]:
                         if isinstance(p, RowMask):
                             p.keep.copy_(_rows(keep, gates, p.keep.numel(), s.kind))
     return plan.tensor_masks()

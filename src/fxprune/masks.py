@@ -58,7 +58,7 @@ class Plan:
             if bool(keep.all()):
                 continue
             name, gates = next(iter(site.tensors.items()))
-            out[f"{site.owner}.{name}"] = keep.repeat(gates)
+            out[f"{site.owner}.{name}"] = keep.repeat(gates) if gates > 1 else keep
         return out
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .capture import attr
+
 CRITERIA = ("l1", "l2", "fpgm")
 
 
@@ -36,7 +38,7 @@ def unit_scores(analysis, group, model, criterion: str) -> torch.Tensor:
         for name, gates in site.tensors.items():
             if "weight" not in name:
                 continue
-            weight = getattr(module, name).movedim(site.axes.get(name, 0), 0)
+            weight = attr(module, name).movedim(site.axes.get(name, 0), 0)
             s = element_scores(weight, gates, criterion).double()
             roots = analysis.root[site.ids]
             for j, r in enumerate(roots.tolist()):

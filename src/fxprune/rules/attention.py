@@ -3,13 +3,14 @@ q, k and v channels of one head form one unit, so a pruned head's scores, weight
 together and the head dim (and the 1/sqrt(head_dim) scale) stay as they were."""
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import VARY, ZERO, ChannelMap
+from ..channels import CONST, VARY, ZERO, ChannelMap
 from . import Rule, Unsupported, register
 
 
@@ -115,3 +116,116 @@ class SDPARule(Rule):
             raise Unsupported("a per-head attention mask")
         v = maps[2]
         return v.with_carry(torch.where(v.carry == ZERO, ZERO, VARY).to(torch.int8))
+
+
+class PrunedMultiheadAttention(nn.Module):
+    """nn.MultiheadAttention with its own widths: ``in_features`` input channels, ``num_heads`` heads
+    of ``head_dim``, ``out_features`` output channels (nn.MultiheadAttention ties all of them to
+    embed_dim). Same call signature and outputs."""
+
+    def __init__(self, in_features, num_heads, head_dim, out_features, bias, dropout, batch_first):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.dropout, self.batch_first = dropout, batch_first
+        inner = num_heads * head_dim
+        self.q_proj = nn.Linear(in_features, inner, bias=bias)
+        self.k_proj = nn.Linear(in_features, inner, bias=bias)
+        self.v_proj = nn.Linear(in_features, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, out_features, bias=bias)
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if not self.batch_first and query.dim() == 3:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (t.unsqueeze(0) for t in (query, key, value))
+        B, T, S, H, D = query.shape[0], query.shape[1], key.shape[1], self.num_heads, self.head_dim
+        q = self.q_proj(query).view(B, T, H, D).transpose(1, 2)
+        k = self.k_proj(key).view(B, S, H, D).transpose(1, 2)
+        v = self.v_proj(value).view(B, S, H, D).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+        if attn_mask is not None:
+            scores = scores.masked_fill(attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        elif is_causal:
+            causal = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(causal, float("-inf"))
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.reshape(B, 1, 1, S)
+            scores = scores.masked_fill(kpm, float("-inf")) if kpm.dtype == torch.bool else scores + kpm
+        attn = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        out = self.out_proj((attn @ v).transpose(1, 2).reshape(B, T, H * D))
+        weights = (attn.mean(1) if average_attn_weights else attn) if need_weights else None
+        if unbatched:
+            out = out.squeeze(0)
+            weights = weights.squeeze(0) if weights is not None else None
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+
+@register(nn.MultiheadAttention)
+class MultiheadAttentionRule(Rule):
+    """Consumer of the query/key/value channels (one in_proj column serves all three), whole heads
+    (the q, k, v rows of a head, always with their biases, and out_proj's columns), producer of
+    out_proj's channels."""
+
+    def flow(self, ctx):
+        m = ctx.module
+        if not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+            raise Unsupported("MultiheadAttention with kdim/vdim, add_bias_kv or add_zero_attn")
+        maps = [ctx.arg_map(i, n) for i, n in enumerate(("query", "key", "value"))]
+        maps = [mm if isinstance(mm, ChannelMap) else None for mm in maps]
+        labeled = [mm for mm in maps if mm is not None]
+        if labeled and len(labeled) < 3:
+            ctx.block(labeled, f"{ctx.node.target}: query, key and value share in_proj columns, "
+                               "and not all of them hold tracked channels")
+        elif labeled:
+            for mm in labeled[1:]:
+                if mm.dims != labeled[0].dims:
+                    raise Unsupported("query, key and value hold channels on different dims")
+                ctx.union(labeled[0], mm)
+            # one constant vector folds into in_proj_bias only when q, k and v are the same tensor
+            same = len({id(a) for a in ctx.node.args[:3]}) == 1 and m.in_proj_bias is not None
+            ctx.consume("in", labeled[0], dim=-1, fold=same)
+        tensors = {"in_proj_weight": 3}
+        if m.in_proj_bias is not None:
+            tensors["in_proj_bias"] = 3
+        heads = ctx.produce("heads", m.num_heads, tensors)
+        attn_mask = ctx.arg(5, "attn_mask")
+        weights_used = any(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 1
+                           and len(u.users) > 0 for u in ctx.node.users)
+        if weights_used or (isinstance(attn_mask, torch.Tensor) and attn_mask.dim() == 3):
+            ctx.block(ChannelMap.on_dim(0, 1, heads, ZERO),
+                      f"{ctx.node.target}: attention weights averaged over heads, or a per-head mask")
+        out = ctx.produce("out", m.embed_dim, {"out_proj.weight": 1},
+                          {"out_proj.bias": 1} if m.out_proj.bias is not None else {})
+        carry = ZERO if (m.out_proj.bias is None or ctx.prune_bias) else CONST
+        return (ChannelMap.on_dim(-1, ctx.out[0].dim(), out, carry), None)
+
+    def rewrite(self, m, keep, fold):
+        E, H = m.embed_dim, m.num_heads
+        D = E // H
+        keep_in = keep.get("in", torch.ones(E, dtype=torch.bool))
+        keep_h = keep.get("heads", torch.ones(H, dtype=torch.bool))
+        keep_out = keep.get("out", torch.ones(E, dtype=torch.bool))
+        rows = keep_h.repeat_interleave(D)
+        bias = m.in_proj_bias is not None
+        new = PrunedMultiheadAttention(int(keep_in.sum()), int(keep_h.sum()), D, int(keep_out.sum()),
+                                       bias, m.dropout, m.batch_first)
+        w = m.in_proj_weight.detach()
+        in_bias = m.in_proj_bias.detach().clone() if bias else None
+        c = fold.get("in")
+        if c is not None:  # constants of removed input channels (q = k = v)
+            in_bias = in_bias + w[:, ~keep_in] @ c[~keep_in].to(w.dtype)
+        with torch.no_grad():
+            for i, lin in enumerate((new.q_proj, new.k_proj, new.v_proj)):
+                lin.weight.copy_(w[i * E:(i + 1) * E][rows][:, keep_in])
+                if bias:
+                    lin.bias.copy_(in_bias[i * E:(i + 1) * E][rows])
+            new.out_proj.weight.copy_(m.out_proj.weight.detach()[keep_out][:, rows])
+            if m.out_proj.bias is not None:
+                new.out_proj.bias.copy_(m.out_proj.bias.detach()[keep_out])
+        new.train(m.training)
+        return new
