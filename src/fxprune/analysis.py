@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -386,13 +387,20 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
             isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):
         raise ValueError(f"the model takes {len(placeholders)} inputs ({', '.join(n.name for n in placeholders)}); "
                          f"example_inputs has {len(example_inputs)}")
+    quiet = logging.getLogger("torch._subclasses.fake_tensor")
+    level = quiet.level
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback before raising
+        # ShapeProp prints a traceback and FakeTensor logs the error before raising; the error below says it
+        quiet.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(io.StringIO()):
             flow.propagate(*example_inputs)
     except Exception as e:
         cause = e.__cause__ or e
         node = getattr(flow, "current", None)
         where = f" at node {node.name} ({_op_name(node, flow.modules)})" if node is not None else ""
+        msg = str(cause).rstrip(". ")
         raise ValueError(f"running the model on example_inputs failed{where}: "
-                         f"{type(cause).__name__}: {cause}. Check the shapes and dtypes of example_inputs.") from e
+                         f"{type(cause).__name__}: {msg}. Check the shapes and dtypes of example_inputs.") from e
+    finally:
+        quiet.setLevel(level)
     return Analysis(gm, flow)

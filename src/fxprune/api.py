@@ -126,4 +126,6 @@ class PrunePass:
         self.kwargs = kwargs
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
+        if "fxprune" in getattr(gm, "meta", {}):  # already pruned (a PassManager running to a fixed point)
+            return PassResult(gm, False)
         return PassResult(prune(gm, self.example_inputs, **self.kwargs), True)

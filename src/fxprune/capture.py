@@ -94,13 +94,16 @@ def private_copy(model: nn.Module) -> nn.Module:
     """copy.deepcopy that leaves the original alone whatever is done to the copy.
 
     Parametrized modules get a class of their own: a deep copy shares torch's injected Parametrized*
-    class, and adding or removing a parametrization edits that class. Recurrent modules whose cached
-    ``_flat_weights`` are outputs of parametrizations (non-leaf tensors cannot be deep-copied) have
-    those copied detached."""
+    class, and adding or removing a parametrization edits that class. Non-leaf tensors (which
+    deepcopy refuses) held by modules are copied detached."""
     memo = {}
     for m in model.modules():
-        for t in getattr(m, "_flat_weights", None) or ():
-            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+        # non-leaf tensors held as plain attributes: torch.nn.utils.prune's weight = orig * mask,
+        # recurrent modules' cached _flat_weights
+        held = [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        held += [t for t in getattr(m, "_flat_weights", None) or () if isinstance(t, torch.Tensor)]
+        for t in held:
+            if t.grad_fn is not None:
                 memo[id(t)] = t.detach().clone()
     new = copy.deepcopy(model, memo)
     for m in new.modules():

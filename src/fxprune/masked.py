@@ -79,8 +79,13 @@ def _mask_param(gm: fx.GraphModule, owner: str, site, keep: torch.Tensor, bake: 
 
 
 def strip_param_masks(gm: fx.GraphModule) -> None:
-    """Undo _mask_param on a copy of a masked model (prune() of a masked model)."""
+    """Undo _mask_param and rules' masked_node on a copy of a masked model (prune() of a masked model)."""
     changed = False
+    for node in gm.graph.nodes:
+        if "fxprune_restore" in node.meta:  # (original target, how many leading args it takes)
+            target, n_args = node.meta.pop("fxprune_restore")
+            node.target, node.args, node.kwargs = target, node.args[:n_args], {}
+            changed = True
     for node in list(gm.graph.nodes):
         if node.meta.get(MASK_TAG) and node.op == "call_function":
             node.replace_all_uses_with(node.args[0])
@@ -106,7 +111,13 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
     copy), the input of the rewrite.
     """
     new = gm if bake else private_copy(gm)
+    nodes = {n.name: n for n in new.graph.nodes}
     for owner, sites in _sites_by_owner(plan).items():
+        rule = sites[0].rule
+        if owner in nodes and hasattr(rule, "masked_node"):  # a function op with a masked variant
+            if not bake:
+                rule.masked_node(new, nodes[owner], {s.role: plan.site_keep(s) for s in sites}, prune_bias)
+            continue
         params = [s for s in sites if s.kind == "param"]
         sites = [s for s in sites if s.kind != "param"]
         for s in params:
@@ -190,7 +201,12 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
     analysis = analyze(gm, info["example_inputs"], info["prune_bias"], info["prune_outputs"])
     flags = units_from_sparsity(analysis, masked, sparsity, criterion, tuple(ignore))
     plan = make_plan(analysis, flags)
+    nodes = {n.name: n for n in masked.graph.nodes}
     for owner, sites in _sites_by_owner(plan).items():
+        rule = sites[0].rule
+        if owner in nodes and hasattr(rule, "masked_node"):
+            rule.masked_node(masked, nodes[owner], {s.role: plan.site_keep(s) for s in sites}, info["prune_bias"])
+            continue
         try:
             module = masked.get_submodule(owner)
         except AttributeError:

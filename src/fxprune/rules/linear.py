@@ -158,3 +158,28 @@ class EmbeddingRule(Rule):
         new.weight = nn.Parameter(m.weight.detach()[:, k].clone(), requires_grad=m.weight.requires_grad)
         new.embedding_dim = int(k.sum())
         return new
+
+
+@register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvTransposeRule(Rule):
+    """Transposed convolution: weight (in, out / groups, *kernel). Its input channels are the weight's
+    rows, its output channels the weight's dim 1. A constant input channel spreads unevenly over the
+    output, so only zero channels are removed on the input side."""
+
+    def flow(self, ctx):
+        m = ctx.module
+        if m.groups != 1:
+            raise Unsupported(f"grouped transposed convolution (groups={m.groups})")
+        batched = ctx.out.dim() == len(m.kernel_size) + 2
+        cdim = 1 if batched else 0
+        ctx.consume("in", ctx.arg_map(0, "input"), dim=cdim, fold=False)
+        ids = ctx.produce("out", m.out_channels, {"weight": 1}, _bias_roles(m), axes={"weight": 1})
+        return ChannelMap.on_dim(cdim, ctx.out.dim(), ids, _producer_carry(m, ctx.prune_bias))
+
+    def rewrite(self, m, keep, fold):
+        keep_out = keep.get("out", torch.ones(m.out_channels, dtype=torch.bool))
+        keep_in = keep.get("in", torch.ones(m.in_channels, dtype=torch.bool))
+        w = m.weight.detach()[keep_in][:, keep_out]
+        new = _conv_like(m, w, None if m.bias is None else m.bias.detach()[keep_out])
+        new.in_channels, new.out_channels = int(keep_in.sum()), int(keep_out.sum())
+        return new

@@ -10,6 +10,17 @@ from ..channels import CONST, VARY, ZERO
 from . import Rule, Unsupported, register
 
 
+def masked_layer_norm(x, normalized_shape, weight, bias, eps, keep, zero_pruned: bool):
+    """layer_norm over the last dim's ``keep`` channels only; the others hold their bias (0 when
+    ``zero_pruned``)."""
+    idx = keep.nonzero().squeeze(1)
+    w = None if weight is None else weight.index_select(0, idx)
+    b = None if bias is None else bias.index_select(0, idx)
+    y = F.layer_norm(x.index_select(-1, idx), (idx.numel(),), w, b, eps)
+    out = x.new_zeros(x.shape) if (bias is None or zero_pruned) else bias.expand(x.shape).clone()
+    return out.index_copy(-1, idx, y)
+
+
 class MaskedLayerNorm(nn.Module):
     """LayerNorm over the last dim that ignores removed channels: their statistics are left out and
     they output their bias (0 when ``prune_bias``). ``keep`` is updated in place by update_masks."""
@@ -25,15 +36,8 @@ class MaskedLayerNorm(nn.Module):
         self.register_buffer("keep", keep.clone())
 
     def forward(self, x):
-        idx = self.keep.nonzero().squeeze(1)
-        w = None if self.weight is None else self.weight.index_select(0, idx)
-        b = None if self.bias is None else self.bias.index_select(0, idx)
-        y = F.layer_norm(x.index_select(-1, idx), (idx.numel(),), w, b, self.eps)
-        if self.bias is None or self.prune_bias:
-            out = x.new_zeros(x.shape)
-        else:
-            out = self.bias.expand(x.shape).clone()
-        return out.index_copy(-1, idx, y)
+        return masked_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, self.keep,
+                                 self.prune_bias)
 
     def to_layernorm(self) -> nn.LayerNorm:
         ln = nn.LayerNorm(self.normalized_shape, eps=self.eps, elementwise_affine=self.elementwise_affine,
@@ -136,3 +140,100 @@ def _unbatched_rank(m) -> int:
 
 def _uses_running_stats(m) -> bool:
     return (not m.training) and m.track_running_stats and m.running_mean is not None
+
+
+@register(nn.GroupNorm)
+class GroupNormRule(Rule):
+    """GroupNorm normalises over groups of channels: whole norm groups are pruned (their statistics
+    are their own, so the others do not change), and num_groups shrinks with them."""
+
+    def flow(self, ctx):
+        cmap = ctx.arg_map(0, "input")
+        if cmap is None:
+            return None
+        m = ctx.module
+        if cmap.dims != (1,):
+            raise Unsupported("channels on a dim other than dim 1")
+        per = cmap.ids.reshape(m.num_groups, -1)
+        for g in range(m.num_groups):
+            ctx.union_ids(per[g, :1].expand(per.shape[1]), per[g])
+        params = tuple(p for p in ("weight", "bias") if getattr(m, p, None) is not None)
+        ctx.member("channels", cmap, params, zeroed=params)
+        if params and ctx.prune_bias:
+            return cmap.with_carry(ZERO)
+        # a constant group normalises to 0, then holds its shift
+        return cmap.map_carry(CONST if m.affine else ZERO, CONST if m.affine else ZERO)
+
+    def rewrite(self, m, keep, fold):
+        k = keep["channels"]
+        per_group = m.num_channels // m.num_groups
+        kept = int(k.sum())
+        new = nn.GroupNorm(kept // per_group, kept, eps=m.eps, affine=m.affine)
+        if m.affine:
+            with torch.no_grad():
+                new.weight.copy_(m.weight.detach()[k])
+                new.bias.copy_(m.bias.detach()[k])
+        return new
+
+
+@register(F.layer_norm)
+class FunctionalLayerNormRule(Rule):
+    """F.layer_norm(x, shape, weight, bias, eps) with parameters from get_attr (nanoGPT's LayerNorm):
+    as nn.LayerNorm; in the masked model the call becomes :func:`masked_layer_norm`."""
+
+    ARGS = ("input", "normalized_shape", "weight", "bias", "eps")
+
+    def _args(self, node):
+        vals = list(node.args) + [None] * (5 - len(node.args))
+        vals[4] = vals[4] if vals[4] is not None else 1e-5
+        for i, name in enumerate(self.ARGS):
+            if name in node.kwargs:
+                vals[i] = node.kwargs[name]
+        return vals
+
+    def flow(self, ctx):
+        from ..channels import ParamView
+        cmap = ctx.arg_map(0, "input")
+        if cmap is None:
+            return None
+        shape = ctx.arg(1, "normalized_shape")
+        nd = cmap.ndim
+        normed = range(nd - len(shape), nd)
+        if not any(d in normed for d in cmap.dims):
+            has_bias = ctx.arg(3, "bias") is not None
+            return cmap.with_carry(VARY if has_bias else ZERO)
+        if len(shape) != 1 or cmap.dims != (nd - 1,):
+            raise Unsupported("normalised over several dims that hold channels")
+        has_bias = False
+        for i, name in ((2, "weight"), (3, "bias")):
+            pv = ctx.arg_map(i, name)
+            if ctx.arg(i, name) is None:
+                continue
+            if not isinstance(pv, ParamView):
+                raise Unsupported(f"layer_norm {name} that is not a parameter")
+            ctx.param_member(pv, 0, cmap, zeroed=False)
+            has_bias |= name == "bias"
+        ctx.member("channels", cmap, ())  # the masked model normalises over kept channels only
+        return cmap.with_carry(ZERO if (not has_bias or ctx.prune_bias) else CONST)
+
+    def masked_node(self, gm, node, keep, prune_bias):
+        from ..masked import MASK_TAG
+        buf = f"_fxprune_keep_{node.name}"
+        if hasattr(gm, buf):
+            getattr(gm, buf).copy_(keep["channels"])
+            return
+        gm.register_buffer(buf, keep["channels"].clone())
+        with gm.graph.inserting_before(node):
+            k = gm.graph.get_attr(buf)
+        k.meta[MASK_TAG] = True
+        # restore information without Node references (node meta is deep-copied with the graph)
+        node.meta["fxprune_restore"] = (node.target, 5)
+        node.target = masked_layer_norm
+        node.args, node.kwargs = (*self._args(node), k, prune_bias), {}
+
+    def rewrite_node(self, node, ctx):
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
+        if isinstance(shape, (tuple, list)) and all(isinstance(s, int) for s in shape):
+            new = ctx.new_sizes(node.args[0])
+            if new is not None and new[-1] != shape[-1]:
+                node.args = (node.args[0], (new[-1],), *node.args[2:])
