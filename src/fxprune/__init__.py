@@ -4,9 +4,9 @@
     report = pruned.meta["fxprune"]
 """
 from . import rules
-from .api import PrunePass, prune
+from .api import PrunePass, eliminate_dead_channels, prune
 from .capture import CaptureError
 from .masked import apply_masks, update_masks
 from .patterns import find_patterns
 
-__all__ = ["prune", "apply_masks", "update_masks", "find_patterns", "PrunePass", "CaptureError", "rules"]
+__all__ = ["prune", "eliminate_dead_channels", "apply_masks", "update_masks", "find_patterns", "PrunePass", "CaptureError", "rules"]

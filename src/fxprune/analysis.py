@@ -65,7 +65,8 @@ class FlowContext:
     def __init__(self, flow: "ChannelFlow", node: fx.Node, module, args, kwargs, out):
         self.flow, self.node, self.module = flow, node, module
         self.args, self.kwargs, self.out = args, kwargs, out
-        self.prune_bias = flow.prune_bias
+        # dead-channel mode: producers carry what their weights hold, not what pruning would leave
+        self.prune_bias = flow.prune_bias and not flow.dead
 
     # -- inputs ----------------------------------------------------------------------------------
     def map_of(self, value):
@@ -105,6 +106,35 @@ class FlowContext:
             self.flow.sites[key] = site
             self.flow.element_site.extend([key] * n)
         return site.ids
+
+    def producer_carry(self, role: str, default) -> torch.Tensor | int:
+        """What the producer's channels of ``role`` hold when pruned (``default``); in dead-channel mode,
+        ZERO where every row and bias of the element is already zero, else VARY."""
+        if not self.flow.dead:
+            return default
+        site = self.flow.sites[(self.owner, role)]
+        zero = _zero_elements(self.module, {**site.tensors, **site.biases}, site.axes, len(site.ids))
+        return torch.where(zero, ZERO, VARY).to(torch.int8)
+
+    def internal_use(self, ids: torch.Tensor, carry) -> None:
+        """The op itself reads these elements (an LSTM's recurrent and next-layer weights, attention's
+        out_proj reading its heads): removal needs them to hold ``carry`` = ZERO there."""
+        carry = torch.as_tensor(carry, dtype=torch.int8).expand(ids.shape).reshape(-1)
+        self.flow.uses.append(Use(self.node, ids.reshape(-1), carry, True, False,
+                                  f"read inside {self._name()}"))
+
+    def affine_carry(self, cmap: ChannelMap, params: tuple[str, ...], otherwise: ChannelMap) -> ChannelMap:
+        """After a per-channel scale and shift (``params``, one or more rows per channel): with
+        ``prune_bias`` they are masked, so pruned channels are ZERO; in dead-channel mode channels
+        whose parameters are all zero are ZERO; else ``otherwise``."""
+        if not params:
+            return otherwise
+        if self.flow.prune_bias and not self.flow.dead:
+            return otherwise.with_carry(ZERO)
+        if not self.flow.dead:
+            return otherwise
+        zero = _zero_elements(self.module, {p: 1 for p in params}, {}, cmap.ids.numel(), member=True)
+        return otherwise.with_carry(torch.where(zero.reshape(otherwise.carry.shape), ZERO, otherwise.carry).to(torch.int8))
 
     def consume(self, role: str, cmap: ChannelMap | None, dim: int, fold: bool, what: str | None = None) -> None:
         """The op reads ``cmap``'s channels on ``dim`` through the parameter columns of ``role``."""
@@ -188,9 +218,10 @@ class FlowContext:
 class ChannelFlow(ShapeProp):
     """Runs the graph on fake tensors and propagates channel maps through the op rules."""
 
-    def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False, fake_mode=None):
+    def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False, fake_mode=None,
+                 dead: bool = False):
         super().__init__(gm, fake_mode=fake_mode)
-        self.prune_bias, self.prune_outputs = prune_bias, prune_outputs
+        self.prune_bias, self.prune_outputs, self.dead = prune_bias, prune_outputs, dead
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple, Site] = {}
         self.uses: list[Use] = []
@@ -248,6 +279,20 @@ class ChannelFlow(ShapeProp):
             return None
 
 
+def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int, member: bool = False) -> torch.Tensor:
+    """Per element: are all its rows (gate-major, possibly several per element) zero in every param?"""
+    from .capture import attr
+    zero = torch.ones(n, dtype=torch.bool)
+    for name, gates in params.items():
+        p = attr(module, name).detach().movedim(axes.get(name, 0), 0)
+        if member:  # adjacent rows per channel
+            rows = p.reshape(n, -1)
+        else:
+            rows = p.reshape(gates, n, -1).permute(1, 0, 2).reshape(n, -1)
+        zero &= (rows == 0).all(1)
+    return zero
+
+
 def _maps_in(tree) -> list[ChannelMap]:
     found: list[ChannelMap] = []
     map_aggregate(tree, lambda x: found.append(x) if isinstance(x, ChannelMap) else None)
@@ -300,6 +345,7 @@ class Analysis:
         self.barriers = flow.barriers
         self.labels = flow.labels
         self.prune_bias = flow.prune_bias
+        self.dead = flow.dead
         self.element_site = flow.element_site
         self.products = flow.products
         self.n_elements = len(flow.uf.parent)
@@ -314,7 +360,7 @@ class Analysis:
         for use in self.uses:
             carry = use.carry
             bad = carry == VARY
-            if not use.ok_const:
+            if not use.ok_const or self.dead:  # dead channels are zero, not merely constant
                 bad = bad | (carry == CONST)
             if not use.ok_zero:
                 bad = bad | (carry == ZERO)
@@ -376,12 +422,14 @@ class Analysis:
         return None
 
 
-def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> Analysis:
-    """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`."""
+def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_outputs: bool = False,
+            dead: bool = False) -> Analysis:
+    """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`.
+    ``dead``: find channels that are zero for every input (see fxprune.eliminate_dead_channels)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, fake_mode=fake_mode)
+    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, fake_mode=fake_mode, dead=dead)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders) or not all(
             isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):

@@ -111,6 +111,33 @@ def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
     return pruned
 
 
+def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
+    """Remove every channel that is zero for every input, and return a smaller GraphModule with the
+    same output as ``model`` (which is not modified).
+
+    A channel is dead when all its producers' weight rows and biases are zero, or when a BatchNorm
+    (GroupNorm, depthwise conv) with zero weight and bias for it zeroes it, and it reaches every
+    consumer through ops that keep zeros. Useful after network-slimming training or after
+    ``torch.nn.utils.prune``; one channel of a group whose channels are all dead stays.
+
+    Example::
+
+        smaller = fxprune.eliminate_dead_channels(model, (x,))
+        assert torch.allclose(smaller(x), model(x))
+    """
+    inputs = normalize_inputs(example_inputs)
+    gm, _ = capture(model)
+    analysis = analyze(gm, inputs, prune_bias=True, dead=True)
+    flags = torch.zeros(analysis.n_elements, dtype=torch.bool)
+    for g in analysis.groups:
+        dead = [u for u in g.units if u.blocked is None]
+        for u in dead[1:] if len(dead) == g.width else dead:
+            flags[u.elements] = True
+    # masking dead channels (prune_bias=True) changes no value the model computes: the masked model
+    # is the model itself, and the pruned model equals it
+    return _finish(_State(gm, inputs, analysis, make_plan(analysis, flags)), prune_bias=True)
+
+
 class PrunePass:
     """:func:`prune` as a torch.fx pass: GraphModule in, ``PassResult`` out.
 

@@ -193,6 +193,7 @@ class MultiheadAttentionRule(Rule):
         if m.in_proj_bias is not None:
             tensors["in_proj_bias"] = 3
         heads = ctx.produce("heads", m.num_heads, tensors)
+        ctx.internal_use(heads, ctx.producer_carry("heads", ZERO))  # out_proj reads the heads
         attn_mask = ctx.arg(5, "attn_mask")
         weights_used = any(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 1
                            and len(u.users) > 0 for u in ctx.node.users)
@@ -201,7 +202,7 @@ class MultiheadAttentionRule(Rule):
                       f"{ctx.node.target}: attention weights averaged over heads, or a per-head mask")
         out = ctx.produce("out", m.embed_dim, {"out_proj.weight": 1},
                           {"out_proj.bias": 1} if m.out_proj.bias is not None else {})
-        carry = ZERO if (m.out_proj.bias is None or ctx.prune_bias) else CONST
+        carry = ctx.producer_carry("out", ZERO if (m.out_proj.bias is None or ctx.prune_bias) else CONST)
         return (ChannelMap.on_dim(-1, ctx.out[0].dim(), out, carry), None)
 
     def rewrite(self, m, keep, fold):

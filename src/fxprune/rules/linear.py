@@ -24,7 +24,7 @@ class LinearRule(Rule):
         m = ctx.module
         ctx.consume("in", ctx.arg_map(0, "input"), dim=-1, fold=True)
         ids = ctx.produce("out", m.out_features, {"weight": 1}, _bias_roles(m))
-        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, _producer_carry(m, ctx.prune_bias))
+        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, ctx.producer_carry("out", _producer_carry(m, ctx.prune_bias)))
 
     def rewrite(self, m, keep, fold):
         keep_out = keep.get("out", torch.ones(m.out_features, dtype=torch.bool))
@@ -83,7 +83,7 @@ class ConvRule(Rule):
             per = ids.reshape(g, -1)
             for G in range(1, g):
                 ctx.union_ids(per[0], per[G])
-        return ChannelMap.on_dim(cdim, nd, ids, _producer_carry(m, ctx.prune_bias))
+        return ChannelMap.on_dim(cdim, nd, ids, ctx.producer_carry("out", _producer_carry(m, ctx.prune_bias)))
 
     def _depthwise(self, ctx, x, cdim):
         m = ctx.module
@@ -94,10 +94,8 @@ class ConvRule(Rule):
         mult = m.out_channels // m.in_channels
         params = ("weight", "bias") if m.bias is not None else ("weight",)
         ctx.member("channels", x, params, zeroed=params)
-        if ctx.prune_bias:
-            return ChannelMap.on_dim(cdim, x.ndim, x.ids.repeat_interleave(mult), 0)
         zero_after = CONST if m.bias is not None else ZERO
-        out = x.map_carry(zero_after, VARY if zero_padded(m) else CONST)
+        out = ctx.affine_carry(x, params, x.map_carry(zero_after, VARY if zero_padded(m) else CONST))
         return ChannelMap.on_dim(cdim, x.ndim, out.ids.repeat_interleave(mult), out.carry.repeat_interleave(mult))
 
     def rewrite(self, m, keep, fold):
@@ -149,7 +147,7 @@ class EmbeddingRule(Rule):
         if m.max_norm is not None:
             raise Unsupported("max_norm renormalises rows over all channels")
         ids = ctx.produce("out", m.embedding_dim, {"weight": 1}, axes={"weight": 1})
-        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, ZERO)
+        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, ctx.producer_carry("out", ZERO))
 
     def rewrite(self, m, keep, fold):
         k = keep["out"]
@@ -174,7 +172,7 @@ class ConvTransposeRule(Rule):
         cdim = 1 if batched else 0
         ctx.consume("in", ctx.arg_map(0, "input"), dim=cdim, fold=False)
         ids = ctx.produce("out", m.out_channels, {"weight": 1}, _bias_roles(m), axes={"weight": 1})
-        return ChannelMap.on_dim(cdim, ctx.out.dim(), ids, _producer_carry(m, ctx.prune_bias))
+        return ChannelMap.on_dim(cdim, ctx.out.dim(), ids, ctx.producer_carry("out", _producer_carry(m, ctx.prune_bias)))
 
     def rewrite(self, m, keep, fold):
         keep_out = keep.get("out", torch.ones(m.out_channels, dtype=torch.bool))

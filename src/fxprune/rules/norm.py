@@ -65,6 +65,8 @@ class LayerNormRule(Rule):
             return cmap.with_carry(VARY if has_bias else ZERO)
         if len(m.normalized_shape) != 1 or cmap.dims != (nd - 1,):
             raise Unsupported("normalised over several dims that hold channels")
+        if ctx.flow.dead:
+            raise Unsupported("its statistics include every channel, zero or not")
         if m.elementwise_affine:
             ctx.member("channels", cmap, tuple(p for p in ("weight", "bias") if getattr(m, p) is not None))
         else:
@@ -111,12 +113,11 @@ class ChannelNormRule(Rule):
         params = tuple(p for p in ("weight", "bias", "running_mean", "running_var") if getattr(m, p, None) is not None)
         zeroed = tuple(p for p in ("weight", "bias") if getattr(m, p, None) is not None)
         ctx.member("channels", cmap, params, zeroed)
-        if zeroed and ctx.prune_bias:
-            return cmap.with_carry(ZERO)
         if not m.affine:
             # (c - mean) / std: a constant channel stays constant (eval) or becomes 0 (batch stats)
-            return cmap.map_carry(CONST if _uses_running_stats(m) else ZERO, CONST if _uses_running_stats(m) else ZERO)
-        return cmap.map_carry(CONST, CONST)
+            c = CONST if _uses_running_stats(m) else ZERO
+            return cmap.map_carry(c, c)
+        return ctx.affine_carry(cmap, zeroed, cmap.map_carry(CONST, CONST))
 
     def rewrite(self, m, keep, fold):
         k = keep["channels"]
@@ -159,10 +160,9 @@ class GroupNormRule(Rule):
             ctx.union_ids(per[g, :1].expand(per.shape[1]), per[g])
         params = tuple(p for p in ("weight", "bias") if getattr(m, p, None) is not None)
         ctx.member("channels", cmap, params, zeroed=params)
-        if params and ctx.prune_bias:
-            return cmap.with_carry(ZERO)
         # a constant group normalises to 0, then holds its shift
-        return cmap.map_carry(CONST if m.affine else ZERO, CONST if m.affine else ZERO)
+        c = CONST if m.affine else ZERO
+        return ctx.affine_carry(cmap, params, cmap.map_carry(c, c))
 
     def rewrite(self, m, keep, fold):
         k = keep["channels"]
@@ -204,6 +204,8 @@ class FunctionalLayerNormRule(Rule):
             return cmap.with_carry(VARY if has_bias else ZERO)
         if len(shape) != 1 or cmap.dims != (nd - 1,):
             raise Unsupported("normalised over several dims that hold channels")
+        if ctx.flow.dead:
+            raise Unsupported("its statistics include every channel, zero or not")
         has_bias = False
         for i, name in ((2, "weight"), (3, "bias")):
             pv = ctx.arg_map(i, name)

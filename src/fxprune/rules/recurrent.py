@@ -44,10 +44,16 @@ class RecurrentRule(Rule):
                 dirs.append(ctx.produce(f"h{layer}{sfx}", m.hidden_size, tensors))
             layers.append(dirs)
         out, state = ctx.out
-        out_map = ChannelMap.on_dim(-1, out.dim(), torch.cat(layers[-1]), ZERO)
+        roles = [f"h{layer}{sfx}" for layer in range(m.num_layers) for sfx in _suffixes(m)]
+        carries = [torch.as_tensor(ctx.producer_carry(r, ZERO), dtype=torch.int8).expand(m.hidden_size)
+                   for r in roles]
+        for r, c in zip(roles, carries):  # each layer's output is read by its recurrent and next-layer weights
+            ctx.internal_use(ctx.flow.sites[(ctx.owner, r)].ids, c)
+        last = len(_suffixes(m))
+        out_map = ChannelMap.on_dim(-1, out.dim(), torch.cat(layers[-1]), torch.cat(carries[-last:]))
         hn = torch.stack([ids for dirs in layers for ids in dirs])  # (layers*dirs, hidden)
         h = state[0] if isinstance(state, tuple) else state
-        state_map = ChannelMap((0, h.dim() - 1), hn, torch.zeros(hn.shape, dtype=torch.int8), h.dim())
+        state_map = ChannelMap((0, h.dim() - 1), hn, torch.stack(carries), h.dim())
         if ctx.arg(1, "hx") is not None:
             # a nonzero initial state keeps a masked unit's output nonzero
             ctx.block([out_map, ctx.arg_map(1, "hx")], f"{ctx.node.target}: initial state passed in")
