@@ -13,7 +13,7 @@ from .analysis import Analysis, analyze
 from .capture import capture, normalize_inputs
 from .channels import CONST
 from .masked import build_masked
-from .masks import Plan, check_sparsity, make_plan, units_from_masks, units_from_sparsity
+from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
 from .report import Report, build_report
 from .rewrite import rewrite
 from .verify import RecordingInterpreter, verification_mode, max_abs_diff, output_keeps, relative_diff
@@ -27,10 +27,12 @@ class _State:
     plan: Plan
 
 
-def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore) -> _State:
+def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
+             **selection) -> _State:
     inputs = normalize_inputs(example_inputs)
     if sparsity is not None:
-        check_sparsity(sparsity)
+        select = Selection(sparsity, criterion, tuple(ignore), **selection)
+        select.check()
     if masks is not None and sparsity is not None:
         raise ValueError("give either masks= or sparsity=, not both")
     if masks is not None and not isinstance(masks, dict):
@@ -40,7 +42,7 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
     if masks is not None:
         flags = units_from_masks(analysis, masks)
     elif sparsity is not None:
-        flags = units_from_sparsity(analysis, gm, sparsity, criterion, tuple(ignore))
+        flags = units_from_sparsity(analysis, gm, select)
     elif embedded:
         flags = units_from_masks(analysis, embedded, strict=False)
     else:
@@ -51,7 +53,8 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
 
 def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None, masks: dict | None = None,
           criterion: str = "l1", prune_bias: bool = True, prune_outputs: bool = False,
-          ignore=()) -> fx.GraphModule:
+          ignore=(), layer_sparsity: dict | None = None, global_ranking: bool = False,
+          round_to: int = 1) -> fx.GraphModule:
     """Prune channels of ``model`` and return a new, smaller GraphModule that computes exactly what the
     masked model computes. ``model`` is never modified.
 
@@ -70,9 +73,13 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
         prune_bias: pruned channels' biases are zeroed too (their channels are then exactly 0);
             with False the bias stays and its constant is folded into the consumers where exact.
         prune_outputs: let explicit masks change the width of graph outputs.
-        ignore: module names whose output channels are never pruned.
+        ignore: module names (or prefixes) whose output channels are never pruned.
+        layer_sparsity: ``{module name or prefix: sparsity}`` for the groups those modules produce.
+        global_ranking: rank all groups' channels together (scores normalised per group).
+        round_to: kept widths are multiples of this.
     """
-    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore)
+    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
+                     layer_sparsity=layer_sparsity, global_ranking=global_ranking, round_to=round_to)
     return _finish(state, prune_bias)
 
 

@@ -66,6 +66,10 @@ def normalize_inputs(example_inputs) -> tuple:
         return tuple(example_inputs)
     if not isinstance(example_inputs, tuple):
         raise ValueError(f"example_inputs must be a tensor or a tuple of inputs, got {type(example_inputs).__name__}")
+    for i, t in enumerate(example_inputs):
+        if isinstance(t, (tuple, list)):
+            raise ValueError(f"example_inputs[{i}] is a {type(t).__name__}: pass the model's inputs themselves, "
+                             "(x,) rather than ((x,),)")
     return example_inputs
 
 

@@ -163,7 +163,7 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
 
 
 def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str = "l1",
-                prune_bias: bool = True, prune_outputs: bool = False, ignore=()) -> fx.GraphModule:
+                prune_bias: bool = True, prune_outputs: bool = False, ignore=(), **selection) -> fx.GraphModule:
     """The masked model: a new GraphModule computing ``model`` with the pruned channels held at zero.
 
     Example::
@@ -176,14 +176,15 @@ def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str
     """
     from .api import _prepare
 
-    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore)
+    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
+                     **selection)
     masked = build_masked(state.gm, state.plan, prune_bias)
     masked.meta["fxprune_masked"] = {"example_inputs": state.inputs, "prune_bias": prune_bias,
                                      "prune_outputs": prune_outputs}
     return masked
 
 
-def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1", ignore=()) -> dict:
+def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1", ignore=(), **selection) -> dict:
     """Re-score the masked model's current (masked) weights and write new masks into it, in place.
 
     Returns the new masks keyed by tensor fqn. Channels masked before score zero, so at a higher
@@ -191,15 +192,17 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
     """
     from .analysis import analyze
     from .capture import capture
-    from .masks import make_plan, units_from_sparsity
+    from .masks import Selection, make_plan, units_from_sparsity
     from .rules.norm import MaskedLayerNorm
 
     info = getattr(masked, "meta", {}).get("fxprune_masked")
     if info is None:
         raise ValueError("update_masks expects a model returned by fxprune.apply_masks")
+    select = Selection(sparsity, criterion, tuple(ignore), **selection)
+    select.check()
     gm, _ = capture(masked)
     analysis = analyze(gm, info["example_inputs"], info["prune_bias"], info["prune_outputs"])
-    flags = units_from_sparsity(analysis, masked, sparsity, criterion, tuple(ignore))
+    flags = units_from_sparsity(analysis, masked, select)
     plan = make_plan(analysis, flags)
     nodes = {n.name: n for n in masked.graph.nodes}
     for owner, sites in _sites_by_owner(plan).items():

@@ -107,32 +107,104 @@ def units_from_masks(analysis: Analysis, masks: dict, strict: bool = True) -> to
     return masked[analysis.root]
 
 
-def units_from_sparsity(analysis: Analysis, model, sparsity: float, criterion: str,
-                        ignore: tuple[str, ...] = ()) -> torch.Tensor:
-    """Per-element 'masked' flags: in each group, the int(width * sparsity) lowest-scoring removable units."""
-    check_sparsity(sparsity)
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {CRITERIA}")
+@dataclass
+class Selection:
+    """How ``sparsity`` picks channels.
+
+    sparsity: fraction of each group's channels to prune (default for every group).
+    criterion: "l1", "l2" or "fpgm".
+    ignore: module names (or prefixes: "layer1" covers "layer1.0.conv1") whose channels stay.
+    layer_sparsity: {module name or prefix: sparsity} overrides for the groups those modules produce.
+    global_ranking: rank units of all groups together by scores normalised per group (score / mean
+        score of its group) and prune the lowest int(total * sparsity); groups keep at least one unit.
+    round_to: kept widths are multiples of this (rounded up: never more pruning than asked).
+    """
+
+    sparsity: float
+    criterion: str = "l1"
+    ignore: tuple[str, ...] = ()
+    layer_sparsity: dict | None = None
+    global_ranking: bool = False
+    round_to: int = 1
+
+    def check(self) -> None:
+        check_sparsity(self.sparsity)
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {self.criterion!r}; choose one of {CRITERIA}")
+        for name, value in (self.layer_sparsity or {}).items():
+            if not isinstance(name, str):
+                raise ValueError(f"layer_sparsity keys are module names, got {name!r}")
+            check_sparsity(value, f"layer_sparsity[{name!r}]")
+        if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
+            raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if isinstance(self.ignore, str):
+            raise ValueError("ignore takes a list of module names, not a single string")
+
+    def _matches(self, owner: str, name: str) -> bool:
+        return owner == name or owner.startswith(name + ".")
+
+    def group_sparsity(self, group) -> float | None:
+        """None: the group is ignored."""
+        owners = [s.owner for s in group.producers]
+        if any(self._matches(o, name) for o in owners for name in self.ignore):
+            return None
+        for name, value in (self.layer_sparsity or {}).items():
+            if any(self._matches(o, name) for o in owners):
+                return value
+        return self.sparsity
+
+    def keep_count(self, width: int, n_prune: int) -> int:
+        keep = max(1, width - n_prune)
+        return min(width, -(-keep // self.round_to) * self.round_to)
+
+
+def units_from_sparsity(analysis: Analysis, model, selection: Selection) -> torch.Tensor:
+    """Per-element 'masked' flags: in each group, the lowest-scoring removable units (see Selection)."""
+    selection.check()
     masked = torch.zeros(analysis.n_elements, dtype=torch.bool)
+    plans = []  # (group, scores, allowed, n_prune)
     for g in analysis.groups:
-        if any(s.owner in ignore for s in g.producers):
-            continue
+        sp = selection.group_sparsity(g)
         allowed = torch.tensor([u.blocked is None for u in g.units], dtype=torch.bool)
-        if not bool(allowed.any()):
+        if sp is None or not bool(allowed.any()) or (sp == 0 and not selection.global_ranking):
             continue
-        n_prune = min(int(g.width * sparsity), g.width - 1, int(allowed.sum()))
+        scores = unit_scores(analysis, g, model, selection.criterion)
+        plans.append([g, scores, allowed, int(g.width * sp)])
+    if selection.global_ranking:
+        _global_counts(plans, selection.sparsity)
+    for g, scores, allowed, n_prune in plans:
+        n_prune = g.width - selection.keep_count(g.width, n_prune)
+        n_prune = min(n_prune, int(allowed.sum()))
         if n_prune <= 0:
             continue
-        keep = select(unit_scores(analysis, g, model, criterion), n_prune, allowed)
+        keep = select(scores, n_prune, allowed)
         for u, k in zip(g.units, keep.tolist()):
             if not k:
                 masked[u.elements] = True
     return masked
 
 
-def check_sparsity(sparsity) -> None:
+def _global_counts(plans, sparsity: float) -> None:
+    """Set each group's count from one ranking of all units by score / mean score of the group."""
+    candidates = []
+    for i, (g, scores, allowed, _) in enumerate(plans):
+        mean = float(scores.mean()) or 1.0
+        candidates += [(float(scores[j]) / mean, i, j) for j in allowed.nonzero().squeeze(1).tolist()]
+    total = int(sum(p[0].width for p in plans) * sparsity)
+    counts = [0] * len(plans)
+    for _, i, _ in sorted(candidates):
+        if total <= 0:
+            break
+        if counts[i] < plans[i][0].width - 1:
+            counts[i] += 1
+            total -= 1
+    for p, c in zip(plans, counts):
+        p[3] = c
+
+
+def check_sparsity(sparsity, what: str = "sparsity") -> None:
     if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool) or not (0 <= sparsity < 1):
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+        raise ValueError(f"{what} must be a number in [0, 1), got {sparsity!r}")
 
 
 def make_plan(analysis: Analysis, masked: torch.Tensor) -> Plan:
@@ -148,8 +220,21 @@ def make_plan(analysis: Analysis, masked: torch.Tensor) -> Plan:
             names = ", ".join(f"{s.owner}" for s in g.producers)
             raise ValueError(f"the masks prune every channel of the group produced by {names}; keep at least one")
     _equalize(analysis, masked, removed, kept)
+    _some_input(analysis, removed, kept)
     _rectangles(analysis, removed, kept)
     return Plan(analysis, masked, removed, kept)
+
+
+def _some_input(analysis: Analysis, removed, kept) -> None:
+    """A consumer keeps at least one input channel (a convolution without input channels has no
+    output channels either); that channel stays in the model, still masked."""
+    for site in analysis.sites.values():
+        if site.kind != "consumer" or bool((site.ids < 0).any()):
+            continue
+        if bool(removed[site.ids].all()):
+            unit = analysis.unit_of[int(analysis.root[site.ids[0]])]
+            removed[unit.elements] = False
+            kept[unit.root] = f"{site.owner} keeps at least one input channel"
 
 
 def _rectangles(analysis: Analysis, removed, kept) -> None:
