@@ -407,9 +407,8 @@ class Analysis:
             self.groups.append(g)
             for u in ordered:
                 self.group_of_unit[u.root] = g
-        from .patterns import name_group  # patterns names groups after the ops they flow through
-        for g in self.groups:
-            g.pattern = name_group(self, g)
+        from .patterns import name_groups  # patterns names groups after the ops they flow through
+        name_groups(self)
 
     # -- helpers used by the later stages ------------------------------------------------------------
     def producer_for_tensor(self, fqn: str) -> tuple[Site, int] | None:

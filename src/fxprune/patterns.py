@@ -23,50 +23,60 @@ def op_kind(node: fx.Node, modules: dict) -> str:
     return {"iadd": "add", "truediv": "div", "getitem": "getitem"}.get(name, name.rstrip("_"))
 
 
-def name_group(analysis, group) -> str:
-    """producer kinds, then the ops the group's channels pass through, then consumer kinds."""
+def name_groups(analysis) -> None:
+    """Set ``group.pattern`` for every group: producer kinds, then the ops its channels pass through,
+    then consumer kinds (one pass over the graph)."""
+    import torch
+
+    from .analysis import _maps_in
+
     gm = analysis.gm
     modules = dict(gm.named_modules())
-    elements = {e for u in group.units for e in u.elements}
-    producer_nodes = {s.node for s in group.producers}
-    consumer_nodes = {u.node for u in analysis.uses if u.site is not None and _touches(u.ids, elements)}
-    outputs = any(u.node.op == "output" and _touches(u.ids, elements) for u in analysis.uses)
-    path = []
+    group_of_element = torch.full((analysis.n_elements,), -1, dtype=torch.long)
+    for g in analysis.groups:
+        for u in g.units:
+            group_of_element[u.elements] = g.index
+
+    def groups_in(ids) -> set[int]:
+        ids = ids.reshape(-1)
+        return set(group_of_element[ids[ids >= 0]].unique().tolist())
+
+    paths = {g.index: [] for g in analysis.groups}
+    producers = {g.index: {s.node for s in g.producers} for g in analysis.groups}
+    consumers = {g.index: set() for g in analysis.groups}
+    outputs = set()
+    for use in analysis.uses:
+        touched = groups_in(use.ids)
+        if use.site is not None:
+            for i in touched:
+                consumers[i].add(use.node)
+        elif use.node.op == "output":
+            outputs |= touched
     for node in gm.graph.nodes:
-        if node in producer_nodes or node in consumer_nodes or node.op in ("output", "placeholder", "get_attr"):
+        if node.op in ("output", "placeholder", "get_attr"):
             continue
-        cmaps = analysis.labels.get(node)
-        if _labels_touch(cmaps, elements):
-            kind = op_kind(node, modules)
-            if kind not in _LAYOUT and (not path or path[-1] != kind):
+        kind = op_kind(node, modules)
+        if kind in _LAYOUT:
+            continue
+        for cm in _maps_in(analysis.labels.get(node)):
+            for i in groups_in(cm.ids):
+                path = paths[i]
+                if node in producers[i] or node in consumers[i] or (path and path[-1] == kind):
+                    continue
                 path.append(kind)
-    prod = "+".join(dict.fromkeys(op_kind(n, modules) for n in _ordered(gm, producer_nodes)))
-    cons = "+".join(dict.fromkeys(op_kind(n, modules) for n in _ordered(gm, consumer_nodes)))
-    parts = [prod, *path]
-    if cons:
-        parts.append(cons)
-    if outputs:
-        parts.append("output")
-    return "-".join(p for p in parts if p)
+    order = {n: k for k, n in enumerate(gm.graph.nodes)}
+    for g in analysis.groups:
+        i = g.index
+        prod = "+".join(dict.fromkeys(op_kind(n, modules) for n in sorted(producers[i], key=order.get)))
+        cons = "+".join(dict.fromkeys(op_kind(n, modules) for n in sorted(consumers[i], key=order.get)))
+        parts = [prod, *paths[i], cons, "output" if i in outputs else ""]
+        g.pattern = "-".join(p for p in parts if p)
 
 
 # ops that only move channels around are left out of pattern names (flatten and cat stay: they
 # change what a channel is)
 _LAYOUT = {"getitem", "contiguous", "identity", "view", "reshape", "transpose", "permute", "expand",
            "expand_as", "split", "chunk", "unsqueeze", "squeeze", "to", "float", "clone", "detach"}
-
-
-def _ordered(gm, nodes):
-    return [n for n in gm.graph.nodes if n in nodes]
-
-
-def _touches(ids, elements) -> bool:
-    return not elements.isdisjoint(ids.unique().tolist())
-
-
-def _labels_touch(tree, elements) -> bool:
-    from .analysis import _maps_in
-    return any(_touches(cm.ids, elements) for cm in _maps_in(tree))
 
 
 def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> list[dict]:
