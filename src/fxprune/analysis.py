@@ -18,6 +18,7 @@ import torch
 import torch.fx as fx
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.utils.flop_counter import FlopCounterMode
 
 from .channels import CONST, VARY, ZERO, ChannelMap, ParamView, UnionFind
 from .rules import Rule, Unsupported, call_rule, module_rule
@@ -439,7 +440,8 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
     try:
         # ShapeProp prints a traceback and FakeTensor logs the error before raising; the error below says it
         quiet.setLevel(logging.CRITICAL)
-        with contextlib.redirect_stderr(io.StringIO()):
+        # ShapeProp prints a traceback before raising; FLOPs of the original model come free on fake tensors
+        with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as flops:
             flow.propagate(*example_inputs)
     except Exception as e:
         cause = e.__cause__ or e
@@ -450,4 +452,6 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
                          f"{type(cause).__name__}: {msg}. Check the shapes and dtypes of example_inputs.") from e
     finally:
         quiet.setLevel(level)
-    return Analysis(gm, flow)
+    analysis = Analysis(gm, flow)
+    analysis.flops = flops.get_total_flops()  # of the original model, counted on the fake tensors
+    return analysis

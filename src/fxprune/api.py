@@ -54,7 +54,7 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
 def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None, masks: dict | None = None,
           criterion: str = "l1", prune_bias: bool = True, prune_outputs: bool = False,
           ignore=(), layer_sparsity: dict | None = None, global_ranking: bool = False,
-          round_to: int = 1) -> fx.GraphModule:
+          round_to: int = 1, verify: bool = True) -> fx.GraphModule:
     """Prune channels of ``model`` and return a new, smaller GraphModule that computes exactly what the
     masked model computes. ``model`` is never modified.
 
@@ -77,26 +77,32 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
         layer_sparsity: ``{module name or prefix: sparsity}`` for the groups those modules produce.
         global_ranking: rank all groups' channels together (scores normalised per group).
         round_to: kept widths are multiples of this.
+        verify: run the masked and the pruned model on ``example_inputs`` and record the difference
+            (report.max_abs_diff). False skips the masked model's forward pass unless constants must
+            be folded; the report then has no difference.
     """
     state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
                      layer_sparsity=layer_sparsity, global_ranking=global_ranking, round_to=round_to)
-    return _finish(state, prune_bias)
+    return _finish(state, prune_bias, verify)
 
 
-def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
+def _finish(state: _State, prune_bias: bool, verify: bool = True) -> fx.GraphModule:
     plan, analysis = state.plan, state.analysis
     params_before = sum(p.numel() for p in state.gm.parameters())
-    masked = build_masked(state.gm, plan, prune_bias)
-    baked = build_masked(state.gm, plan, prune_bias, bake=True)  # state.gm is ours: baked in place
     # consumers that read removed channels holding nonzero constants: record their inputs to fold them
     fold_uses = [u for u in analysis.uses if u.site is not None
                  and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
-    recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses})
-    with verification_mode(masked), FlopCounterMode(display=False) as before:
-        masked_out = recorder.run(*state.inputs)
+    masked_out, recorded = None, {}
+    if verify or fold_uses:
+        masked = build_masked(state.gm, plan, prune_bias)
+        recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses})
+        with verification_mode(masked):
+            masked_out = recorder.run(*state.inputs)
+        recorded = recorder.recorded
+    baked = build_masked(state.gm, plan, prune_bias, bake=True)  # state.gm is ours: baked in place
     fold = {}
     for u in fold_uses:
-        x = recorder.recorded[u.node.name]
+        x = recorded[u.node.name]
         values = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().float()
         removed = torch.zeros(len(u.ids), dtype=torch.bool)
         lab = u.ids >= 0
@@ -111,9 +117,12 @@ def _finish(state: _State, prune_bias: bool) -> fx.GraphModule:
     report: Report = build_report(plan, keeps, prune_bias)
     report.params_before = params_before
     report.params_after = sum(p.numel() for p in pruned.parameters())
-    report.flops_before, report.flops_after = before.get_total_flops(), after.get_total_flops()
-    report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
-    report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
+    report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
+    if verify:
+        report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
+        report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
+    else:
+        report.max_abs_diff = report.rel_diff = None
     pruned.meta["fxprune"] = report
     return pruned
 

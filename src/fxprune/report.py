@@ -31,8 +31,8 @@ class Report:
     params_after: int = 0
     flops_before: int = 0
     flops_after: int = 0
-    max_abs_diff: float = 0.0
-    rel_diff: float = 0.0
+    max_abs_diff: float | None = 0.0   # None: not verified (prune(verify=False))
+    rel_diff: float | None = 0.0
     prune_bias: bool = True
     notes: list[str] = field(default_factory=list)
     #: per flattened output: None, or (channel dims, kept bool array) when its width changed
@@ -60,7 +60,8 @@ class Report:
             "",
             f"parameters: {self.params_before:,} -> {self.params_after:,} ({pct(self.params_before, self.params_after)})",
             f"FLOPs:      {self.flops_before:,} -> {self.flops_after:,} ({pct(self.flops_before, self.flops_after)})",
-            f"max |pruned - masked| on the example inputs: {self.max_abs_diff:.3g} (relative {self.rel_diff:.3g})",
+            (f"max |pruned - masked| on the example inputs: {self.max_abs_diff:.3g} (relative {self.rel_diff:.3g})"
+             if self.max_abs_diff is not None else "not verified (verify=False)"),
         ]
         if self.barriers:
             lines.append("barriers (channels that reach these are not removed):")
