@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -110,10 +111,14 @@ def _finish(state: _State, prune_bias: bool, verify: bool = True) -> fx.GraphMod
         fold[u.site] = torch.where(removed, values, torch.zeros_like(values))
     pruned = rewrite(baked, plan, fold)
     keeps = output_keeps(plan)
-    for node in pruned.graph.nodes:  # shapes from the capture are stale; the verifying run refreshes them
+    for node in pruned.graph.nodes:  # shapes from the capture are stale
         node.meta.pop("tensor_meta", None)
-    with verification_mode(pruned), FlopCounterMode(display=False) as after:
-        pruned_out = ShapeProp(pruned).propagate(*state.inputs)
+    # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
+    with FlopCounterMode(display=False) as after:
+        ShapeProp(pruned, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*state.inputs)
+    if verify:
+        with verification_mode(pruned):
+            pruned_out = pruned(*state.inputs)
     report: Report = build_report(plan, keeps, prune_bias)
     report.params_before = params_before
     report.params_after = sum(p.numel() for p in pruned.parameters())
