@@ -308,7 +308,7 @@ def _op_name(n: fx.Node, modules) -> str:
     return getattr(n.target, "__name__", str(n.target))
 
 
-@dataclass
+@dataclass(slots=True)
 class Unit:
     root: int
     elements: list[int]
