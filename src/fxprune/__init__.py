@@ -6,6 +6,7 @@
 from . import rules
 from .api import PrunePass, eliminate_dead_channels, prune
 from .capture import CaptureError
+from .dump import dump, load, plot_widths, save, to_networkx
 from .masked import apply_masks, update_masks
 from .patterns import find_patterns
 

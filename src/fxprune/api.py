@@ -55,7 +55,7 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
 def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None, masks: dict | None = None,
           criterion: str = "l1", prune_bias: bool = True, prune_outputs: bool = False,
           ignore=(), layer_sparsity: dict | None = None, global_ranking: bool = False,
-          round_to: int = 1, verify: bool = True) -> fx.GraphModule:
+          round_to: int = 1, verify: bool = True, dump_dir=None) -> fx.GraphModule:
     """Prune channels of ``model`` and return a new, smaller GraphModule that computes exactly what the
     masked model computes. ``model`` is never modified.
 
@@ -81,13 +81,16 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
         verify: run the masked and the pruned model on ``example_inputs`` and record the difference
             (report.max_abs_diff). False skips the masked model's forward pass unless constants must
             be folded; the report then has no difference.
+        dump_dir: write graph dumps of the captured graph, the channel groups and the pruned graph
+            there (``captured.dot``, ``groups.dot``, ``pruned.dot``; ``.svg``/``.png`` too when the
+            Graphviz ``dot`` binary is installed). See :func:`fxprune.dump`.
     """
     state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
                      layer_sparsity=layer_sparsity, global_ranking=global_ranking, round_to=round_to)
-    return _finish(state, prune_bias, verify)
+    return _finish(state, prune_bias, verify, dump_dir=dump_dir)
 
 
-def _finish(state: _State, prune_bias: bool, verify: bool = True) -> fx.GraphModule:
+def _finish(state: _State, prune_bias: bool, verify: bool = True, dump_dir=None) -> fx.GraphModule:
     plan, analysis = state.plan, state.analysis
     params_before = sum(p.numel() for p in state.gm.parameters())
     # consumers that read removed channels holding nonzero constants: record their inputs to fold them
@@ -129,6 +132,9 @@ def _finish(state: _State, prune_bias: bool, verify: bool = True) -> fx.GraphMod
     else:
         report.max_abs_diff = report.rel_diff = None
     pruned.meta["fxprune"] = report
+    if dump_dir is not None:  # captured/groups/pruned .dot (+ .svg/.png with Graphviz), see fxprune.dump
+        from .dump import dump_state
+        dump_state(state, pruned, dump_dir)
     return pruned
 
 

@@ -1,8 +1,231 @@
-"""The ``fxprune`` command line."""
+"""The ``fxprune`` command line.
+
+    fxprune inspect MODEL --input-shape 1,3,224,224 [--dump-dir DIR]
+    fxprune prune MODEL --input-shape 1,3,224,224 --sparsity 0.5 -o pruned.pt [--json] [--dump-dir DIR]
+    fxprune demo [--dump-dir DIR]
+
+MODEL is ``path/to/file.py:factory`` or ``package.module:factory``; the factory is called with no
+arguments and returns an ``nn.Module``. Errors are one line, ``fxprune: error: ...``: exit code 2 for
+a malformed command line (MODEL without ``:factory``, a bad ``--input-shape``), 1 when the model
+cannot be loaded, built, traced or run on the inputs.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import json
+import os
 import sys
+import warnings
+
+
+class UsageError(Exception):
+    """A malformed command line (exit code 2)."""
+
+
+class ModelError(Exception):
+    """The model could not be loaded, built, traced or run (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, as for every other error
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# -- MODEL and inputs ------------------------------------------------------------------------------
+
+def load_model(spec: str):
+    """``path/to/file.py:factory`` or ``package.module:factory`` -> the module the factory returns."""
+    where, sep, attr = spec.rpartition(":")
+    if not sep or not where or not attr:
+        raise UsageError(f"MODEL must be path/to/file.py:factory or package.module:factory, got {spec!r}")
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = os.path.abspath(where)
+        if not os.path.isfile(path):
+            raise ModelError(f"model file not found: {where}")
+        name = "_fxprune_model_" + "".join(c if c.isalnum() else "_" for c in os.path.splitext(os.path.basename(path))[0])
+        try:
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module
+            sys.path.insert(0, os.path.dirname(path))  # as `python file.py` would: its siblings import
+            mod_spec.loader.exec_module(module)
+        except Exception as e:
+            sys.modules.pop(name, None)
+            raise ModelError(f"importing {where} failed: {type(e).__name__}: {_one_line(e)}") from e
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            raise ModelError(f"cannot import module {where!r}: {_one_line(e)}") from e
+        except Exception as e:
+            raise ModelError(f"importing {where} failed: {type(e).__name__}: {_one_line(e)}") from e
+    if not hasattr(module, attr):
+        public = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
+        hint = f"; it has: {', '.join(public[:12])}" if public else ""
+        raise ModelError(f"{where} has no attribute {attr!r}{hint}")
+    factory = getattr(module, attr)
+    if not callable(factory):
+        raise ModelError(f"{where}:{attr} is a {type(factory).__name__}, not a factory (a callable returning an nn.Module)")
+    try:
+        model = factory()
+    except Exception as e:
+        raise ModelError(f"{where}:{attr}() raised {type(e).__name__}: {_one_line(e)}") from e
+    import torch.nn as nn
+    if not isinstance(model, nn.Module):
+        kind = type(model).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise ModelError(f"{where}:{attr}() returned {article} {kind} ({_one_line(model)[:40]}), not an nn.Module")
+    return model
+
+
+_DTYPES = {"float": "float32", "float32": "float32", "float64": "float64", "double": "float64",
+           "float16": "float16", "half": "float16", "bfloat16": "bfloat16",
+           "long": "int64", "int64": "int64", "int": "int64", "int32": "int32", "bool": "bool"}
+
+
+def parse_input_shape(text: str):
+    """``1,3,224,224`` (float32, standard normal), ``2,8:long`` (integers in [0, 2)) or
+    ``2,8:long:96`` (integers in [0, 96), e.g. token ids)."""
+    import torch
+
+    parts = text.split(":")
+    if len(parts) > 3:
+        raise UsageError(f"bad --input-shape {text!r}: expected SHAPE[:DTYPE[:HIGH]] like 1,3,224,224 or 2,8:long:96")
+    try:
+        shape = tuple(int(s) for s in parts[0].replace("x", ",").split(",") if s.strip() != "")
+    except ValueError:
+        raise UsageError(f"bad --input-shape {text!r}: the shape must be integers separated by commas, "
+                         "like 1,3,224,224") from None
+    if not shape or any(s <= 0 for s in shape):
+        raise UsageError(f"bad --input-shape {text!r}: every size must be a positive integer")
+    dtype_name = _DTYPES.get(parts[1].strip().lower() if len(parts) > 1 else "float32")
+    if dtype_name is None:
+        raise UsageError(f"bad --input-shape {text!r}: unknown dtype {parts[1]!r} (use one of {', '.join(sorted(_DTYPES))})")
+    dtype = getattr(torch, dtype_name)
+    high = 2
+    if len(parts) > 2:
+        try:
+            high = int(parts[2])
+        except ValueError:
+            raise UsageError(f"bad --input-shape {text!r}: HIGH must be an integer") from None
+        if high <= 0:
+            raise UsageError(f"bad --input-shape {text!r}: HIGH must be positive")
+    return shape, dtype, high
+
+
+def make_inputs(shapes, seed: int = 0) -> tuple:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for shape, dtype, high in shapes:
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=g).to(dtype))
+        elif dtype == torch.bool:
+            out.append(torch.randint(0, 2, shape, generator=g).bool())
+        else:
+            out.append(torch.randint(0, high, shape, generator=g, dtype=dtype))
+    return tuple(out)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+def _model_and_inputs(args):
+    shapes = [parse_input_shape(s) for s in (args.input_shape or [])]
+    if not shapes:
+        raise UsageError("give the model's input shape(s) with --input-shape, e.g. --input-shape 1,3,224,224")
+    model = load_model(args.model)
+    return model, make_inputs(shapes, args.seed)
+
+
+def _analyze(model, inputs):
+    from .analysis import analyze
+    from .capture import capture
+
+    try:
+        gm, _ = capture(model)
+        return gm, analyze(gm, inputs)
+    except Exception as e:
+        raise ModelError(_one_line(e)) from e
+
+
+def _table(rows: list[tuple]) -> str:
+    rows = [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(len(widths))) + "  " + r[-1] for r in rows)
+
+
+def _inspect(args) -> int:
+    model, inputs = _model_and_inputs(args)
+    gm, analysis = _analyze(model, inputs)
+    rows = [("group", "pattern", "width", "prunable", "producers", "blocked")]
+    for g in analysis.groups:
+        prunable = sum(1 for u in g.units if u.blocked is None)
+        producers = ", ".join(s.owner or s.role for s in g.producers)
+        reason = g.blocked or next((u.blocked for u in g.units if u.blocked), "")
+        rows.append((g.index, g.pattern, g.width, prunable, producers, reason or ""))
+    n_nodes = sum(1 for _ in gm.graph.nodes)
+    print(f"{type(model).__name__}: {n_nodes} graph nodes, {len(analysis.groups)} channel groups, "
+          f"{sum(p.numel() for p in gm.parameters()):,} parameters, {analysis.flops:,} FLOPs")
+    print()
+    print(_table(rows))
+    print()
+    if analysis.barriers:
+        print("barriers (channels that reach these are not pruned):")
+        print(_table([("node", "reason")] + [(n.name, why) for n, why in analysis.barriers]))
+    else:
+        print("barriers: none")
+    if args.dump_dir:
+        from .dump import _stage_texts, _write_stages
+        written = _write_stages(args.dump_dir, _stage_texts(analysis, None, None, ("captured", "groups"), True))
+        print()
+        print("dumps: " + ", ".join(p for files in written.values() for p in files))
+    return 0
+
+
+def _prune(args) -> int:
+    import fxprune
+
+    if not 0 <= args.sparsity < 1:
+        raise UsageError(f"--sparsity must be in [0, 1), got {args.sparsity}")
+    if args.round_to < 1:
+        raise UsageError(f"--round-to must be a positive integer, got {args.round_to}")
+    model, inputs = _model_and_inputs(args)
+    try:
+        pruned = fxprune.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion,
+                               global_ranking=args.global_ranking, round_to=args.round_to,
+                               ignore=tuple(args.ignore or ()), dump_dir=args.dump_dir)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ModelError(_one_line(e)) from e
+    report = pruned.meta["fxprune"]
+    if args.output:
+        fxprune.save(pruned, args.output)
+    if args.json:
+        d = report.to_dict()
+        d["output"] = args.output
+        d["dump_dir"] = args.dump_dir
+        print(json.dumps(d, default=_json_default))
+    else:
+        print(report)
+        if args.output:
+            print(f"\nsaved the pruned model to {args.output} (load it with fxprune.load)")
+        if args.dump_dir:
+            print(f"dumps in {args.dump_dir}")
+    return 0
+
+
+def _json_default(o):
+    import torch
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    return str(o)
 
 
 def _demo(args) -> int:
@@ -17,19 +240,79 @@ def _demo(args) -> int:
         took = time.perf_counter() - start
         print(f"== {name}: prune(sparsity={args.sparsity}, criterion={args.criterion!r}) in {took * 1000:.0f} ms")
         print(pruned.meta["fxprune"])
+        if args.dump_dir:
+            out = os.path.join(args.dump_dir, name)
+            fxprune.dump(model, inputs, out, pruned=pruned)
+            fxprune.plot_widths(pruned, os.path.join(out, "widths.svg"))
+            print(f"dumps in {out}")
         print()
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fxprune", description="Exact structured pruning as a torch.fx pass")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fxprune", description="Exact structured pruning as a torch.fx pass")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    model_help = "path/to/file.py:factory or package.module:factory (called with no arguments, returns an nn.Module)"
+    shape_help = ("an input's shape, repeated for several inputs: 1,3,224,224 (float32), 2,8:long:96 "
+                  "(int64 in [0, 96), e.g. token ids)")
+
+    ins = sub.add_parser("inspect", help="show the channel groups, patterns and barriers of a model (no pruning)")
+    ins.add_argument("model", metavar="MODEL", help=model_help)
+    ins.add_argument("--input-shape", action="append", metavar="SHAPE", help=shape_help)
+    ins.add_argument("--dump-dir", metavar="DIR", help="write captured/groups .dot (and .svg/.png with Graphviz) here")
+    ins.add_argument("--seed", type=int, default=0, help="seed of the random example inputs")
+    ins.set_defaults(func=_inspect)
+
+    pr = sub.add_parser("prune", help="prune a model, print the report and save the pruned GraphModule")
+    pr.add_argument("model", metavar="MODEL", help=model_help)
+    pr.add_argument("--input-shape", action="append", metavar="SHAPE", help=shape_help)
+    pr.add_argument("--sparsity", type=float, default=0.5, help="fraction of each group's channels to prune (0.5)")
+    pr.add_argument("--criterion", default="l1", choices=["l1", "l2", "fpgm"])
+    pr.add_argument("--global", dest="global_ranking", action="store_true", help="rank all groups' channels together")
+    pr.add_argument("--round-to", type=int, default=1, metavar="N", help="kept widths are multiples of N")
+    pr.add_argument("--ignore", nargs="+", action="extend", metavar="NAME",
+                    help="module names or prefixes whose output channels are never pruned")
+    pr.add_argument("-o", "--output", metavar="PATH", help="save the pruned model here (load with fxprune.load)")
+    pr.add_argument("--dump-dir", metavar="DIR", help="write captured/groups/pruned dumps here")
+    pr.add_argument("--json", action="store_true", help="print the report as JSON (report.to_dict())")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the random example inputs")
+    pr.set_defaults(func=_prune)
+
     demo = sub.add_parser("demo", help="prune the bundled example models and print the reports")
     demo.add_argument("--sparsity", type=float, default=0.5)
     demo.add_argument("--criterion", default="l1", choices=["l1", "l2", "fpgm"])
+    demo.add_argument("--dump-dir", metavar="DIR", help="write the dumps of each example to DIR/<name>/")
     demo.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"fxprune: warning: {message}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    warnings.showwarning = _show_warning
+    debug = bool(os.environ.get("FXPRUNE_DEBUG"))
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as e:
+        print(f"fxprune: error: {e}", file=sys.stderr)
+        return 2
+    except ModelError as e:
+        if debug:
+            raise
+        print(f"fxprune: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug of ours: still one line (FXPRUNE_DEBUG=1 shows the traceback)
+        if debug:
+            raise
+        print(f"fxprune: error: {type(e).__name__}: {_one_line(e)} (set FXPRUNE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

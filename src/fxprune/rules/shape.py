@@ -73,7 +73,10 @@ class ReshapeRule(Rule):
     def rewrite_node(self, node, ctx):
         """view/reshape with literal sizes: a literal on a dim whose width changed gets the new width."""
         if node.op == "call_module" or node.target in (torch.flatten, torch.squeeze, torch.unsqueeze,
-                                                         "flatten", "squeeze", "unsqueeze", "unflatten"):
+                                                         "flatten", "squeeze", "unsqueeze"):
+            return
+        if node.target == "unflatten":  # x.unflatten(dim, sizes): the sizes of the new dims
+            self._rewrite_unflatten(node, ctx)
             return
         shape_args = list(node.args[1:])
         if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
@@ -92,6 +95,19 @@ class ReshapeRule(Rule):
                 changed = True
         if changed:
             node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
+
+
+    def _rewrite_unflatten(self, node, ctx):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        sizes = node.args[2] if len(node.args) > 2 else node.kwargs.get("sizes")
+        new = ctx.new_sizes(node)
+        if new is None or not isinstance(dim, int) or not isinstance(sizes, (tuple, list)):
+            return
+        dim %= len(ctx.old_shape(node.args[0]))
+        fixed = tuple(s if s == -1 or not ctx.width_changed(node, dim + i) else new[dim + i]
+                      for i, s in enumerate(sizes))
+        if fixed != tuple(sizes):
+            node.args, node.kwargs = (node.args[0], dim, fixed), {}
 
 
 @register(torch.permute, torch.transpose, "permute", "transpose", "t", torch.t, torch.movedim, "movedim")

@@ -1,0 +1,402 @@
+"""Graph dumps, networkx export, the widths picture, save/load and the ``fxprune`` command line.
+
+The CLI runs end to end in subprocesses (``python -m fxprune.cli``) on a model defined in a
+temporary file; the saved model is loaded in a fresh process that never imported that file.
+"""
+from __future__ import annotations
+
+import html
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+import torch
+
+import fxprune
+from fxprune.analysis import analyze
+from fxprune.capture import capture
+from zoo import ZOO_BY_NAME
+
+dump_module = importlib.import_module("fxprune.dump")  # fxprune.dump is the function
+
+MODEL_SOURCE = textwrap.dedent('''
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+            self.bn1 = nn.BatchNorm2d(c)
+            self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+            self.bn2 = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return F.relu(x + self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, padding=1)
+            self.bn = nn.BatchNorm2d(16)
+            self.block = Block(16)
+            self.side = nn.Conv2d(16, 8, 1)
+            self.fc1 = nn.Linear(24, 32)
+            self.fc2 = nn.Linear(32, 5)
+
+        def forward(self, x):
+            x = self.block(F.relu(self.bn(self.stem(x))))
+            y = self.side(x).pow(2)                       # no rule for pow: a barrier
+            z = torch.cat([x.mean((2, 3)), y.mean((2, 3))], 1)
+            return self.fc2(F.relu(self.fc1(z)))
+
+
+    def make():
+        torch.manual_seed(0)
+        return Net().eval()
+
+
+    def broken():
+        raise ValueError("the factory is broken")
+
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if x.sum() > 0:                               # control flow on a tensor value
+                return self.fc(x)
+            return x
+
+
+    def untraceable():
+        return Untraceable()
+
+
+    def not_a_module():
+        return 42
+''')
+
+SHAPE = "2,3,8,8"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    path = d / "my_net.py"
+    path.write_text(MODEL_SOURCE)
+    return path
+
+
+def _import_model_file(path):
+    spec = importlib.util.spec_from_file_location("_test_dump_cli_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cli(*args, cwd=None, env=None):
+    return subprocess.Popen([sys.executable, "-m", "fxprune.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _done(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _example_inputs():
+    from fxprune.cli import make_inputs, parse_input_shape
+    return make_inputs([parse_input_shape(SHAPE)], seed=0)
+
+
+# -- the command line, end to end -------------------------------------------------------------------
+
+def test_cli_inspect_and_prune_then_load_in_a_fresh_process(model_file, tmp_path):
+    out_pt = tmp_path / "pruned.pt"
+    dumps = tmp_path / "dumps"
+    # inspect and prune run side by side (each is a fresh interpreter)
+    inspect = _cli("inspect", f"{model_file}:make", "--input-shape", SHAPE, "--dump-dir", tmp_path / "inspect")
+    prune = _cli("prune", f"{model_file}:make", "--input-shape", SHAPE, "--sparsity", "0.5", "--criterion", "l2",
+                 "-o", out_pt, "--dump-dir", dumps, "--json")
+    rc, out, err = _done(inspect)
+    assert rc == 0, err
+    module = _import_model_file(model_file)
+    model = module.make()
+    inputs = _example_inputs()
+    gm, _ = capture(model)
+    analysis = analyze(gm, inputs)
+    for g in analysis.groups:
+        assert g.pattern in out
+    assert "barriers (channels that reach these are not pruned)" in out
+    for node, why in analysis.barriers:
+        assert node.name in out and why in out
+    assert "Traceback" not in err
+    assert (tmp_path / "inspect" / "groups.dot").exists() and (tmp_path / "inspect" / "captured.dot").exists()
+
+    rc, out, err = _done(prune)
+    assert rc == 0, err
+    d = json.loads(out)
+    ref = fxprune.prune(model, inputs, sparsity=0.5, criterion="l2")
+    report = ref.meta["fxprune"]
+    assert d["params_before"] == report.params_before and d["params_after"] == report.params_after
+    assert d["params_after"] < d["params_before"]
+    assert [g["pattern"] for g in d["groups"]] == [g.pattern for g in report.groups]
+    assert [g["width_after"] for g in d["groups"]] == [g.width_after for g in report.groups]
+    assert {f"{s}.dot" for s in ("captured", "groups", "pruned")} <= set(os.listdir(dumps))
+
+    # the saved model in a process that never imported the model file, from another directory
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        y = ref(x)
+    io_path = tmp_path / "io.pt"
+    torch.save({"x": x, "y": y}, io_path)
+    script = textwrap.dedent(f"""
+        import sys, torch, fxprune
+        m = fxprune.load({str(out_pt)!r})
+        io = torch.load({str(io_path)!r})
+        with torch.no_grad():
+            y = m(io["x"])
+        assert not any(k.startswith("_fxprune_model_") for k in sys.modules)
+        print(type(m).__name__, float((y - io["y"]).abs().max()), m.meta["fxprune"].params_after)
+    """)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    kind, diff, params = proc.stdout.split()
+    assert kind == "GraphModule"
+    assert float(diff) <= 1e-5 * max(1.0, float(y.abs().max()))
+    assert int(params) == report.params_after
+
+
+BAD_MODELS = [
+    # (MODEL, extra args, exit code, words of the message)
+    ("missing_file.py:make", (), 1, "model file not found: missing_file.py"),
+    ("{file}:nope", (), 1, "has no attribute 'nope'"),
+    ("{file}:broken", (), 1, "raised ValueError: the factory is broken"),
+    ("{file}:untraceable", (), 1, "cannot trace Untraceable"),
+    ("{file}:not_a_module", (), 1, "returned an int (42), not an nn.Module"),
+    ("no_such_package_fxprune:make", (), 1, "cannot import module 'no_such_package_fxprune'"),
+    ("{file}", (), 2, "MODEL must be path/to/file.py:factory or package.module:factory"),
+    ("{file}:make", ("--input-shape", "2,three,8"), 2, "bad --input-shape '2,three,8'"),
+    ("{file}:make", ("--input-shape", "2,4,8,8"), 1, "running the model on example_inputs failed"),
+    ("{file}:make", ("--sparsity", "1.5"), 2, "--sparsity must be in [0, 1)"),
+]
+
+
+def test_cli_bad_models_one_line_and_exit_code(model_file, tmp_path):
+    procs = []
+    for spec, extra, code, msg in BAD_MODELS:
+        args = ["prune" if "--sparsity" in extra else "inspect", spec.format(file=model_file)]
+        args += list(extra) if "--input-shape" in extra else ["--input-shape", SHAPE, *extra]
+        procs.append((spec, code, msg, _cli(*args, cwd=tmp_path)))
+    for spec, code, msg, proc in procs:
+        rc, out, err = _done(proc)
+        lines = err.strip().splitlines()
+        assert rc == code, (spec, rc, err)
+        assert len(lines) == 1, (spec, err)
+        assert lines[0].startswith("fxprune: error: "), (spec, err)
+        assert msg in lines[0], (spec, err)
+        assert "Traceback" not in err
+
+
+def test_cli_usage_errors_in_process(capsys):
+    from fxprune.cli import main
+    assert main(["prune"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fxprune: error: the following arguments are required")
+    assert main(["inspect", "x.py:f"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def test_cli_demo_writes_dumps(tmp_path):
+    rc, out, err = _done(_cli("demo", "--dump-dir", tmp_path), timeout=180)
+    assert rc == 0, err
+    assert "== TinyCNN" in out and "== TinyLSTM" in out
+    for name in ("TinyCNN", "TinyLSTM"):
+        files = set(os.listdir(tmp_path / name))
+        assert {"captured.dot", "groups.dot", "pruned.dot", "widths.svg"} <= files
+
+
+# -- dumps -------------------------------------------------------------------------------------------
+
+def _barrier_model():
+    return _import_model_file_cached().make(), _example_inputs()
+
+
+_MODULE = []
+
+
+def _import_model_file_cached():
+    if not _MODULE:
+        import tempfile
+        d = tempfile.mkdtemp()
+        path = os.path.join(d, "barrier_net.py")
+        with open(path, "w") as f:
+            f.write(MODEL_SOURCE)
+        _MODULE.append(_import_model_file(path))
+    return _MODULE[0]
+
+
+def _contains_every_group_and_barrier(text, analysis):
+    for g in analysis.groups:
+        assert g.pattern in text, g.pattern
+        assert f"g{g.index}" in text
+    for node, why in analysis.barriers:
+        assert node.name in text
+        assert why in text or html.escape(why, quote=False) in text
+
+
+@pytest.mark.parametrize("collapse", [True, False, 1])
+def test_to_dot_has_every_group_and_barrier(collapse):
+    for model, inputs in [_barrier_model(), (ZOO_BY_NAME["resnet_basic"][0](), ZOO_BY_NAME["resnet_basic"][1]())]:
+        gm, _ = capture(model)
+        analysis = analyze(gm, inputs)
+        text = dump_module.to_dot(analysis, collapse=collapse)
+        assert text.startswith("digraph")
+        _contains_every_group_and_barrier(text, analysis)
+    assert len(analysis.groups) > 3
+
+
+def test_collapse_boxes_blocks():
+    f, inp = ZOO_BY_NAME["resnet_basic"]
+    gm, _ = capture(f())
+    analysis = analyze(gm, inp())
+    collapsed = dump_module.to_dot(analysis)
+    expanded = dump_module.to_dot(analysis, collapse=False)
+    assert '"box:layer1.0"' in collapsed and "layer1.0.conv1" not in collapsed
+    assert "layer1.0.conv1" in expanded and "box:" not in expanded
+    assert collapsed.count("->") < expanded.count("->")
+
+
+@pytest.mark.filterwarnings("ignore:fxprune.dump")
+def test_dump_writes_stages_with_plan(tmp_path):
+    model, inputs = _barrier_model()
+    written = fxprune.dump(model, inputs, tmp_path, sparsity=0.5, formats=("svg",))
+    assert set(written) == {"captured", "groups", "pruned"}
+    gm, _ = capture(model)
+    analysis = analyze(gm, inputs)
+    groups = (tmp_path / "groups.dot").read_text()
+    _contains_every_group_and_barrier(groups, analysis)
+    assert "→" in groups  # widths before→after
+    pruned_dot = (tmp_path / "pruned.dot").read_text()
+    _contains_every_group_and_barrier(pruned_dot, analysis)
+    if shutil.which("dot"):
+        for stage in ("captured", "groups", "pruned"):
+            svg = (tmp_path / f"{stage}.svg").read_text()
+            assert svg.lstrip().startswith(("<?xml", "<svg"))
+            assert "</svg>" in svg
+
+
+@pytest.mark.filterwarnings("ignore:fxprune.dump")
+def test_prune_dump_dir(tmp_path):
+    model, inputs = _barrier_model()
+    pruned = fxprune.prune(model, inputs, sparsity=0.5, dump_dir=tmp_path)
+    assert {"captured.dot", "groups.dot", "pruned.dot"} <= set(os.listdir(tmp_path))
+    report = pruned.meta["fxprune"]
+    groups = (tmp_path / "groups.dot").read_text()
+    for g in report.groups:
+        assert g.pattern in groups
+    for node, why in report.barriers:
+        assert node in groups and why in groups
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="the Graphviz dot binary is not installed")
+def test_svg_and_png_render(tmp_path):
+    f, inp = ZOO_BY_NAME["vit"]
+    written = fxprune.dump(f(), inp(), tmp_path, stages=("groups",), sparsity=0.5)
+    svg = tmp_path / "groups.svg"
+    png = tmp_path / "groups.png"
+    assert str(svg) in written["groups"] and svg.read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_dot_one_warning_and_dot_files_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(dump_module.shutil, "which", lambda name: None)
+    model, inputs = _barrier_model()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fxprune.dump(model, inputs, tmp_path, sparsity=0.5)
+    mine = [w for w in caught if "Graphviz" in str(w.message)]
+    assert len(mine) == 1
+    assert "`dot`" in str(mine[0].message) and "apt-get install graphviz" in str(mine[0].message)
+    assert sorted(os.listdir(tmp_path)) == ["captured.dot", "groups.dot", "pruned.dot"]
+
+
+@pytest.mark.filterwarnings("ignore:fxprune.dump")
+def test_dump_from_a_pruned_model_matches_its_plan(tmp_path):
+    model, inputs = _barrier_model()
+    pruned = fxprune.prune(model, inputs, sparsity=0.5)
+    fxprune.dump(model, inputs, tmp_path, pruned=pruned, formats=())
+    groups = (tmp_path / "groups.dot").read_text()
+    for g in pruned.meta["fxprune"].groups:
+        if g.width_after != g.width_before:
+            assert f"{g.width_before}→{g.width_after}" in groups
+
+
+# -- networkx, widths picture, save/load ---------------------------------------------------------------
+
+def test_to_networkx_groups_and_widths():
+    for model, inputs in [_barrier_model(), (ZOO_BY_NAME["gpt_manual"][0](), ZOO_BY_NAME["gpt_manual"][1]())]:
+        gm, _ = capture(model)
+        analysis = analyze(gm, inputs)
+        g = fxprune.to_networkx(analysis)
+        groups = {n: d for n, d in g.nodes(data=True) if d["type"] == "group"}
+        assert len(groups) == len(analysis.groups)
+        for grp in analysis.groups:
+            d = groups[f"group:{grp.index}"]
+            assert d["width"] == grp.width and d["pattern"] == grp.pattern and d["blocked"] == grp.blocked
+            # every producer of the group points at it, with an index map into the group's units
+            covered = set()
+            for s in grp.producers:
+                sid = dump_module._site_id(s)
+                e = g.edges[sid, f"group:{grp.index}"]
+                assert e["kind"] == "producer" and len(e["index_map"]) == s.ids.numel()
+                assert all(0 <= j < grp.width for j in e["index_map"])  # a producer's rows are all in its group
+                covered |= set(e["index_map"])
+            assert covered == set(range(grp.width))  # each unit has rows in some producer
+        for u, v, e in g.edges(data=True):
+            if g.nodes[u]["type"] == "site":
+                assert len(e["index_map"]) == g.nodes[u]["width"]
+                assert e["width"] == sum(1 for j in e["index_map"] if j >= 0)
+        barriers = [n for n, d in g.nodes(data=True) if d["type"] == "barrier"]
+        assert len(barriers) == len({n.name for n, _ in analysis.barriers})
+
+
+def test_plot_widths_svg_and_png(tmp_path):
+    model, inputs = _barrier_model()
+    pruned = fxprune.prune(model, inputs, sparsity=0.5)
+    svg = fxprune.plot_widths(pruned, tmp_path / "w.svg")
+    text = open(svg).read()
+    assert text.lstrip().startswith(("<?xml", "<svg"))
+    assert "block.conv1" in text and "stem" in text
+    svg2 = dump_module._svg_widths(dump_module._width_rows(pruned.meta["fxprune"].to_dict()), "t")
+    assert "stem" in svg2
+    if shutil.which("dot") or importlib.util.find_spec("matplotlib"):
+        png = fxprune.plot_widths(pruned, tmp_path / "w.png")
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_save_load_in_process(tmp_path):
+    model, inputs = _barrier_model()
+    pruned = fxprune.prune(model, inputs, sparsity=0.5)
+    fxprune.save(pruned, tmp_path / "p.pt")
+    loaded = fxprune.load(tmp_path / "p.pt")
+    with torch.no_grad():
+        assert torch.equal(loaded(*inputs), pruned(*inputs))
+    assert loaded.meta["fxprune"].params_after == pruned.meta["fxprune"].params_after
+    # a plain torch.save of a module loads too
+    torch.save(pruned, tmp_path / "plain.pt")
+    assert isinstance(fxprune.load(tmp_path / "plain.pt"), torch.nn.Module)
