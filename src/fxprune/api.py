@@ -32,7 +32,7 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
              **selection) -> _State:
     inputs = normalize_inputs(example_inputs)
     if sparsity is not None:
-        select = Selection(sparsity, criterion, tuple(ignore), **selection)
+        select = Selection(sparsity, criterion, ignore, **selection)
         select.check()
     if masks is not None and sparsity is not None:
         raise ValueError("give either masks= or sparsity=, not both")

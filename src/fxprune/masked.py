@@ -198,7 +198,7 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
     info = getattr(masked, "meta", {}).get("fxprune_masked")
     if info is None:
         raise ValueError("update_masks expects a model returned by fxprune.apply_masks")
-    select = Selection(sparsity, criterion, tuple(ignore), **selection)
+    select = Selection(sparsity, criterion, ignore, **selection)
     select.check()
     gm, _ = capture(masked)
     analysis = analyze(gm, info["example_inputs"], info["prune_bias"], info["prune_outputs"])

@@ -138,7 +138,8 @@ class Selection:
         if not isinstance(self.round_to, int) or isinstance(self.round_to, bool) or self.round_to < 1:
             raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
         if isinstance(self.ignore, str):
-            raise ValueError("ignore takes a list of module names, not a single string")
+            raise ValueError(f"ignore takes a list of module names, not a single string: ignore=[{self.ignore!r}]")
+        self.ignore = tuple(self.ignore)
 
     def _matches(self, owner: str, name: str) -> bool:
         return owner == name or owner.startswith(name + ".")
