@@ -55,7 +55,7 @@ MODEL_SOURCE = textwrap.dedent('''
 
         def forward(self, x):
             x = self.block(F.relu(self.bn(self.stem(x))))
-            y = self.side(x).pow(2)                       # no rule for pow: a barrier
+            y = torch.cumsum(self.side(x), 1)             # mixes channels: a barrier
             z = torch.cat([x.mean((2, 3)), y.mean((2, 3))], 1)
             return self.fc2(F.relu(self.fc1(z)))
 
@@ -86,6 +86,24 @@ MODEL_SOURCE = textwrap.dedent('''
 
     def not_a_module():
         return 42
+
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(50, 16)
+            self.img = nn.Conv2d(3, 16, 3, padding=1)
+            self.fc = nn.Linear(16, 12)
+            self.out = nn.Linear(12, 3)
+
+        def forward(self, tokens, image):
+            h = self.emb(tokens).mean(1) + self.img(image).mean((2, 3))
+            return self.out(F.relu(self.fc(h)))
+
+
+    def two_inputs():
+        torch.manual_seed(0)
+        return TwoInputs().eval()
 ''')
 
 SHAPE = "2,3,8,8"
@@ -179,6 +197,66 @@ def test_cli_inspect_and_prune_then_load_in_a_fresh_process(model_file, tmp_path
     assert kind == "GraphModule"
     assert float(diff) <= 1e-5 * max(1.0, float(y.abs().max()))
     assert int(params) == report.params_after
+
+
+def _widths(d):
+    return {tuple(g["producers"]): (g["width_before"], g["width_after"]) for g in d["groups"]}
+
+
+def _masks_equal(json_masks, masks):
+    return set(json_masks) == set(masks) and all(json_masks[k] == masks[k].tolist() for k in masks)
+
+
+def test_cli_prune_flags_end_to_end(model_file):
+    """--global, --criterion fpgm, --ignore with several names, --round-to and the size and latency
+    totals in --json, in one run of the installed `fxprune` console script (python -m fxprune.cli
+    without it); each flag is checked against prune() in this process, with and without that flag."""
+    script = os.path.join(os.path.dirname(sys.executable), "fxprune")
+    exe = [script] if os.path.exists(script) else [sys.executable, "-m", "fxprune.cli"]
+    proc = subprocess.Popen([*exe, "prune", f"{model_file}:make", "--input-shape", SHAPE, "--sparsity", "0.5",
+                             "--global", "--criterion", "fpgm", "--ignore", "block.conv1", "side",
+                             "--round-to", "4", "--json", "--latency-runs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    model, inputs = _import_model_file(model_file).make(), _example_inputs()
+    kw = dict(sparsity=0.5, global_ranking=True, criterion="fpgm", ignore=("block.conv1", "side"), round_to=4)
+    ref = fxprune.prune(model, inputs, **kw).meta["fxprune"]
+    without = {k: fxprune.prune(model, inputs, **{**kw, k: v}).meta["fxprune"]
+               for k, v in [("global_ranking", False), ("criterion", "l1"), ("ignore", ("side",)), ("round_to", 1)]}
+    rc, out, err = _done(proc)
+    assert rc == 0, err
+    d = json.loads(out)
+    assert _masks_equal(d["masks"], ref.masks) and _widths(d) == _widths(ref.to_dict())
+    widths = _widths(d)
+    # --round-to 4: every kept width of a pruned group is a multiple of 4 (without it: 9 and 15)
+    pruned = [a for b, a in widths.values() if a != b]
+    assert pruned and all(a % 4 == 0 for a in pruned)
+    assert any(g.width_after % 4 for g in without["round_to"].groups if g.width_after != g.width_before)
+    # --ignore block.conv1 side: block.conv1 keeps its width, and is pruned without the flag
+    assert widths[("block.conv1.weight",)] == (16, 16)
+    assert _widths(without["ignore"].to_dict())[("block.conv1.weight",)][1] < 16
+    assert widths[("stem.weight", "block.conv2.weight")][1] < 16
+    # --global changes the widths; --criterion fpgm the channels chosen
+    assert _widths(d) != _widths(without["global_ranking"].to_dict())
+    assert not _masks_equal(d["masks"], without["criterion"].masks)
+    # totals: bytes always, latency measured by the CLI
+    assert d["bytes_before"] == ref.bytes_before and d["bytes_after"] == ref.bytes_after < d["bytes_before"]
+    for k in ("latency_before_ms", "latency_after_ms"):
+        assert isinstance(d[k], float) and d[k] > 0
+    assert d["latency_runs"] == 2 and d["latency_device"] == "cpu"
+
+
+def test_cli_several_input_shapes_and_no_latency(model_file, capsys):
+    from fxprune.cli import main
+    spec = f"{model_file}:two_inputs"
+    assert main(["prune", spec, "--input-shape", "2,5:long:50", "--input-shape", SHAPE, "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters:" in out and "size:" in out and "latency:" not in out
+    assert main(["prune", spec, "--input-shape", "2,5:long:50", "--input-shape", SHAPE, "--json",
+                 "--latency-runs", "1"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["latency_runs"] == 1 and d["latency_after_ms"] > 0 and d["params_after"] < d["params_before"]
+    assert main(["prune", spec, "--input-shape", "2,5:long:50", "--input-shape", SHAPE, "--latency-runs", "0"]) == 2
+    assert "--latency-runs must be a positive integer" in capsys.readouterr().err
 
 
 BAD_MODELS = [
@@ -279,6 +357,19 @@ def test_collapse_boxes_blocks():
     assert '"box:layer1.0"' in collapsed and "layer1.0.conv1" not in collapsed
     assert "layer1.0.conv1" in expanded and "box:" not in expanded
     assert collapsed.count("->") < expanded.count("->")
+
+
+def test_expand_opens_one_block_in_a_dashed_frame():
+    f, inp = ZOO_BY_NAME["resnet_basic"]
+    gm, _ = capture(f())
+    analysis = analyze(gm, inp())
+    text = dump_module.to_dot(analysis, expand=("layer2.0",))
+    assert '"box:layer2.0"' not in text and '"box:layer1.0"' in text and '"box:layer2.1"' in text
+    assert "layer2.0.conv1" in text and "layer2.0.downsample.0" in text
+    assert 'label="layer2.0 (BasicBlock) (expanded)"' in text and "cluster_open0" in text
+    _contains_every_group_and_barrier(text, analysis)
+    # the legend sits above the graph: tied to the input by an invisible edge
+    assert '-> "x" [style=invis]' in text
 
 
 @pytest.mark.filterwarnings("ignore:fxprune.dump")
@@ -397,6 +488,13 @@ def test_save_load_in_process(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(*inputs), pruned(*inputs))
     assert loaded.meta["fxprune"].params_after == pruned.meta["fxprune"].params_after
+    # a model whose annotations are strings (`from __future__ import annotations`, as in tests/zoo.py)
+    f, inp = ZOO_BY_NAME["resnet_basic"]
+    pruned = fxprune.prune(f(), inp(), sparsity=0.5)
+    assert any(isinstance(n.type, str) for n in pruned.graph.nodes)
+    fxprune.save(pruned, tmp_path / "r.pt")
+    with torch.no_grad():
+        assert torch.equal(fxprune.load(tmp_path / "r.pt")(*inp()), pruned(*inp()))
     # a plain torch.save of a module loads too
     torch.save(pruned, tmp_path / "plain.pt")
     assert isinstance(fxprune.load(tmp_path / "plain.pt"), torch.nn.Module)

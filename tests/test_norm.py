@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import fxprune
 from conftest import RTOL, assert_pruned_equals_masked, fresh_like
@@ -62,3 +63,60 @@ def test_train_mode_exact_and_statistics_untouched(prune_bias):
     x2 = fresh_like((torch.randn(8, 3, 16, 16),))[0]
     with torch.no_grad():
         assert report.compare(masked(x2), pruned(x2)) <= RTOL
+
+
+# ------------------------------------------------------------------------------------------------
+# RMSNorm written by hand (LLaMA): x * rsqrt(mean(x^2 over channels) + eps) * weight
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(1 + 0.1 * torch.randn(d))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class RMSBlock(nn.Module):
+    """A pre-norm residual block with RMSNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.norm, self.up = nn.Linear(8, 16), RMSNorm(16), nn.Linear(16, 32)
+        self.down, self.norm2, self.head = nn.Linear(32, 16), RMSNorm(16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        h = self.emb(x)
+        h = h + self.down(F.silu(self.up(self.norm(h))))
+        return self.head(self.norm2(h))
+
+
+def test_rmsnorm_residual_stream_is_pruned_exactly():
+    """Zero channels add nothing to the sum of squares; the mean keeps dividing by 16."""
+    torch.manual_seed(0)
+    model, x = RMSBlock().eval(), torch.randn(2, 3, 8)
+    pruned = fxprune.prune(model, (x,), sparsity=0.5)
+    stream = next(g for g in pruned.meta["fxprune"].groups if "emb.weight" in g.producers)
+    assert (stream.width_before, stream.width_after) == (16, 8)
+    assert "/ 16.0" in pruned.code
+    assert_pruned_equals_masked(model, (x,), pruned)
+    # with the biases kept, pruned channels hold constants that the mean would miss: they stay
+    pruned = fxprune.prune(model, (x,), sparsity=0.5, prune_bias=False)
+    stream = next(g for g in pruned.meta["fxprune"].groups if "emb.weight" in g.producers)
+    assert stream.width_after == 16 and "mean" in stream.reason
+    assert_pruned_equals_masked(model, (x,), pruned)
+
+
+def test_max_over_channels_is_a_barrier():
+    class MaxNorm(nn.Module):
+        def forward(self, x):
+            return x / (x.abs().amax(-1, keepdim=True) + 1)
+
+    model = nn.Sequential(nn.Linear(8, 16), MaxNorm(), nn.Linear(16, 4)).eval()
+    x = torch.randn(3, 8)
+    pruned = fxprune.prune(model, (x,), sparsity=0.5)
+    report = pruned.meta["fxprune"]
+    assert any("reduction over a channel dim" in why for _, why in report.barriers)
+    assert report.params_after == report.params_before
+    assert_pruned_equals_masked(model, (x,), pruned)

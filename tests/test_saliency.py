@@ -315,6 +315,33 @@ def test_group_with_two_producers_sums_scores():
     assert_pruned_equals_masked(model, (x,), pruned)
 
 
+class OneAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_head_scored_over_all_its_rows(criterion):
+    """A head's score counts every q, k and v row of the head: head 0's first row is tiny but its
+    other rows are large, so head 1 (all rows medium) goes."""
+    model = OneAttention().eval()
+    with torch.no_grad():
+        w = model.attn.in_proj_weight            # rows (q|k|v, head, head_dim=4)
+        w.fill_(1.0)
+        w.view(3, 2, 4, 8)[:, 0] = 5.0
+        w.view(3, 2, 4, 8)[:, 0, 0] = 0.01
+    x = torch.randn(2, 5, 8)
+    pruned = fxprune.prune(model, (x,), sparsity=0.5, criterion=criterion)
+    keep = pruned.meta["fxprune"].masks["attn.in_proj_weight"]
+    assert keep.view(3, 2).tolist() == [[True, False]] * 3     # (q|k|v, head)
+    assert_pruned_equals_masked(model, (x,), pruned)
+
+
 @pytest.mark.parametrize("criterion", ["l1", "l2", "fpgm"])
 def test_ties_go_to_the_lower_index(criterion):
     """Rows 1..5 are equal (row 0 and 6 differ): the lowest indices among the tied rows are pruned,

@@ -209,3 +209,19 @@ def test_masked_model_still_trains_after_prune():
     fxprune.prune(masked, (x,))
     train(masked, optimizer, x, y, steps=2)
     assert assert_masked_rows_zero(masked) == n
+
+
+def test_prune_of_a_masked_model_keeps_its_prune_bias():
+    """A masked model built with prune_bias=False keeps its biases; prune() of it, without saying
+    prune_bias again, must fold them, not zero them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Linear(16, 4)).eval()
+    x = torch.randn(3, 8)
+    masked = fxprune.apply_masks(model, (x,), sparsity=0.5, prune_bias=False)
+    pruned = fxprune.prune(masked, (x,))
+    assert pruned.meta["fxprune"].prune_bias is False
+    assert pruned.meta["fxprune"].params_after < pruned.meta["fxprune"].params_before
+    with torch.no_grad():
+        for seed in range(3):
+            xi = torch.randn(5, 8, generator=torch.Generator().manual_seed(seed))
+            assert torch.allclose(masked(xi), pruned(xi), rtol=0, atol=1e-6)

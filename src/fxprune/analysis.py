@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils.flop_counter import FlopCounterMode
 
+from .capture import FakeShapeProp
 from .channels import CONST, VARY, ZERO, ChannelMap, ParamView, UnionFind
 from .rules import Rule, Unsupported, call_rule, module_rule
 
@@ -44,6 +45,10 @@ class Site:
     @property
     def key(self):
         return (self.owner, self.role)
+
+    def fqn(self, tensor: str) -> str:
+        """Full name of one of the site's tensors (owner "" is the GraphModule itself)."""
+        return f"{self.owner}.{tensor}" if self.owner else tensor
 
 
 @dataclass
@@ -91,7 +96,15 @@ class FlowContext:
 
     @property
     def owner(self) -> str:
+        """Who the op's sites belong to: the module called, or the node's name. A function op whose
+        weights are get_attr parameters (``F.linear(x, self.w)``) sets ``ctx.site_owner = ""``: its
+        sites belong to the GraphModule, their tensors named by fqn (``"w"``, ``"sub.weight"``)."""
+        if self.site_owner is not None:
+            return self.site_owner
         return self.node.target if self.node.op == "call_module" else self.node.name
+
+    site_owner: str | None = None
+    has_members = False   # the op registered per-channel members (see ChannelFlow.pin_partial_reads)
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def produce(self, role: str, n: int, tensors: dict[str, int], biases: dict[str, int] | None = None,
@@ -139,13 +152,14 @@ class FlowContext:
 
     def consume(self, role: str, cmap: ChannelMap | None, dim: int, fold: bool, what: str | None = None) -> None:
         """The op reads ``cmap``'s channels on ``dim`` through the parameter columns of ``role``."""
-        if cmap is None:
+        key = (self.owner, role)
+        if cmap is not None and cmap.dims != (dim % cmap.ndim,):
+            self.block(cmap, f"channels spread over dims {cmap.dims}, {self._name()} reads dim {dim}")
+            cmap = None
+        if cmap is None:  # the columns read untracked channels here (see ChannelFlow.pin_partial_reads)
+            self.flow.untracked_reads.add(key)
             return
         dim %= cmap.ndim
-        if cmap.dims != (dim,):
-            self.block(cmap, f"channels spread over dims {cmap.dims}, {self._name()} reads dim {dim}")
-            return
-        key = (self.owner, role)
         site = self.flow.sites.get(key)
         if site is None:
             self.flow.sites[key] = Site(self.owner, role, "consumer", self.node, self.flow.rule_of(self.node), cmap.ids)
@@ -161,6 +175,7 @@ class FlowContext:
     def member(self, role: str, cmap: ChannelMap, params: tuple[str, ...], zeroed: tuple[str, ...] = ()) -> None:
         """Per-channel parameters ``params`` of ``role`` are sliced with the channels of ``cmap`` (1 dim);
         ``zeroed`` ones are masked too when ``prune_bias`` (so a pruned channel is exactly 0 after it)."""
+        self.has_members = True
         key = (self.owner, role)
         site = self.flow.sites.get(key)
         if site is None:
@@ -202,7 +217,13 @@ class FlowContext:
         self._union_ids(a, b)
 
     def _union_ids(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = a.reshape(-1).tolist(), b.reshape(-1).tolist()
+        n = min(a.numel(), b.numel())
+        a, b = a.reshape(-1)[:n], b.reshape(-1)[:n]
+        # an element at the position of an untracked channel (the graph input's, say) is coupled with a
+        # channel that always stays, so it stays too
+        self.flow.pin(self.node, torch.cat([a[b < 0], b[a < 0]]),
+                      f"coupled in {self._name()} with channels that no tracked producer makes")
+        a, b = a.tolist(), b.tolist()
         uf = self.flow.uf
         for x, y in zip(a, b):
             if x >= 0 and y >= 0 and x != y:
@@ -216,12 +237,12 @@ class FlowContext:
         return self.node.target if self.node.op == "call_module" else self.node.name
 
 
-class ChannelFlow(ShapeProp):
+class ChannelFlow(FakeShapeProp):
     """Runs the graph on fake tensors and propagates channel maps through the op rules."""
 
-    def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False, fake_mode=None,
+    def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False,
                  dead: bool = False):
-        super().__init__(gm, fake_mode=fake_mode)
+        super().__init__(gm)
         self.prune_bias, self.prune_outputs, self.dead = prune_bias, prune_outputs, dead
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple, Site] = {}
@@ -230,6 +251,8 @@ class ChannelFlow(ShapeProp):
         self.element_site: list[tuple] = []
         self.barriers: list[tuple[fx.Node, str]] = []
         self.products: list[torch.Tensor] = []
+        self.untracked_reads: set[tuple] = set()   # consumer sites read with untracked channels by some call
+        self.memberless: set[str] = set()          # modules with a call that registered no members
         self.modules = dict(gm.named_modules())
 
     def rule_of(self, node: fx.Node) -> Rule | None:
@@ -238,6 +261,40 @@ class ChannelFlow(ShapeProp):
         if node.op in ("call_function", "call_method"):
             return call_rule(node.target)
         return None
+
+    def pin(self, node, ids: torch.Tensor, reason: str) -> None:
+        """Elements ``ids`` (-1 ignored) stay, whatever else allows."""
+        ids = ids.reshape(-1)
+        ids = ids[ids >= 0]
+        if ids.numel():
+            self.uses.append(Use(node, ids, torch.full(ids.shape, VARY, dtype=torch.int8), False, False, reason))
+            self.barriers.append((node, reason))
+
+    def propagate(self, *args):
+        out = super().propagate(*args)
+        self.pin_partial_reads()
+        self.pin_params_read_directly()
+        return out
+
+    def pin_params_read_directly(self) -> None:
+        """A module whose parameters the graph also reads directly (``get_attr``, as in
+        ``out + self.fc.weight.mean()``) cannot have them sliced behind that reader's back."""
+        reads = [n for n in self.module.graph.nodes if n.op == "get_attr"]
+        for s in self.sites.values():
+            if s.node.op != "call_module":
+                continue
+            reader = next((n for n in reads if n.target.startswith(s.owner + ".")), None)
+            if reader is not None:
+                self.pin(reader, s.ids, f"{reader.target} is also read directly by the graph ({reader.name})")
+
+    def pin_partial_reads(self) -> None:
+        """A module called again, on channels that are not tracked (the graph input's, or channels
+        blocked there), has its full input width in that call: the consumer columns and per-channel
+        members that its other calls read tracked channels through cannot be sliced."""
+        for key, s in self.sites.items():
+            consumer = s.kind == "consumer" and key in self.untracked_reads
+            if consumer or (s.kind == "member" and s.owner in self.memberless):
+                self.pin(s.node, s.ids, f"{s.owner} also reads channels that are not tracked")
 
     def block(self, node, cmaps, reason: str) -> None:
         found = False
@@ -251,6 +308,13 @@ class ChannelFlow(ShapeProp):
         self.current = n
         out = super().run_node(n)
         self.labels[n] = self._flow(n, out)
+        # an in-place op (relu_, add_) returns its input: later readers of that tensor (under any node
+        # that returned it, e.g. an eval-mode dropout) see the op's result
+        op = n.op != "output" and isinstance(out, torch.Tensor)
+        if op and any(self.env.get(a) is out for a in n.all_input_nodes):
+            for a, v in self.env.items():
+                if v is out and a is not n:
+                    self.labels[a] = self.labels[n]
         return out
 
     def _flow(self, n: fx.Node, out):
@@ -273,11 +337,21 @@ class ChannelFlow(ShapeProp):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.modules.get(n.target) if n.op == "call_module" else None
         ctx = FlowContext(self, n, module, args, kwargs, out)
+        n_uses, n_sites = len(self.uses), len(self.sites)
         try:
-            return rule.flow(ctx)
+            result = rule.flow(ctx)
         except Unsupported as e:
             self.block(n, inputs, f"{_op_name(n, self.modules)}: {e}")
             return None
+        finally:
+            if module is not None and not ctx.has_members:
+                self.memberless.add(n.target)
+        # a tensor came out, channels went in, and the rule neither passed them on nor consumed them:
+        # they must not vanish unnoticed
+        if (not _maps_in(result) and len(self.uses) == n_uses and len(self.sites) == n_sites
+                and _tensors_in(out) and _maps_in(inputs)):
+            self.block(n, inputs, f"{_op_name(n, self.modules)}: its rule passes no channels on")
+        return result
 
 
 def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int, member: bool = False) -> torch.Tensor:
@@ -292,6 +366,12 @@ def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int,
             rows = p.reshape(gates, n, -1).permute(1, 0, 2).reshape(n, -1)
         zero &= (rows == 0).all(1)
     return zero
+
+
+def _tensors_in(tree) -> bool:
+    found = []
+    map_aggregate(tree, lambda x: found.append(x) if isinstance(x, torch.Tensor) else None)
+    return bool(found)
 
 
 def _maps_in(tree) -> list[ChannelMap]:
@@ -376,38 +456,38 @@ class Analysis:
                           "nonzero constants reach it")
             for r in self.root[ids].unique().tolist():
                 blocked.setdefault(r, reason)
+        roots = self.root.tolist()
         members: dict[int, list[int]] = {}
-        for e, r in enumerate(self.root.tolist()):
+        for e, r in enumerate(roots):
             members.setdefault(r, []).append(e)
         units = {r: Unit(r, es, blocked.get(r)) for r, es in members.items()}
-        # groups: units joined through producers
-        site_uf = UnionFind()
+        # groups: producer sites joined by units (a unit's elements may come from several producers);
+        # the distinct (site of a unit's root, site of its element) pairs are few
         producer_keys = [k for k, s in self.sites.items() if s.kind == "producer"]
         index = {k: i for i, k in enumerate(producer_keys)}
+        site_of = torch.tensor([index[k] for k in self.element_site], dtype=torch.long)
+        site_uf = UnionFind()
         site_uf.add(len(producer_keys))
-        for u in units.values():
-            first = index[self.element_site[u.elements[0]]]
-            for e in u.elements[1:]:
-                site_uf.union(first, index[self.element_site[e]])
+        n = len(producer_keys)
+        for pair in (site_of[self.root] * n + site_of).unique().tolist():
+            site_uf.union(pair // n, pair % n)
         by_group: dict[int, list[str]] = {}
         for k in producer_keys:
             by_group.setdefault(site_uf.find(index[k]), []).append(k)
         self.groups: list[Group] = []
         self.unit_of: dict[int, Unit] = units
         self.group_of_unit: dict[int, Group] = {}
+        group_of_site = torch.empty(len(producer_keys), dtype=torch.long)
         for keys in by_group.values():
             sites = [self.sites[k] for k in keys]
-            seen, ordered = set(), []
-            for s in sites:
-                for e in s.ids.tolist():
-                    r = int(self.root[e])
-                    if r not in seen:
-                        seen.add(r)
-                        ordered.append(units[r])
+            ordered = [units[r] for r in dict.fromkeys(roots[e] for s in sites for e in s.ids.tolist())]
             g = Group(len(self.groups), sites, ordered)
+            group_of_site[[index[k] for k in keys]] = g.index
             self.groups.append(g)
             for u in ordered:
                 self.group_of_unit[u.root] = g
+        #: group index of every element
+        self.group_of_element = group_of_site[site_of]
         from .patterns import name_groups  # patterns names groups after the ops they flow through
         name_groups(self)
 
@@ -426,10 +506,7 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
             dead: bool = False) -> Analysis:
     """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`.
     ``dead``: find channels that are zero for every input (see fxprune.eliminate_dead_channels)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, fake_mode=fake_mode, dead=dead)
+    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders) or not all(
             isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):

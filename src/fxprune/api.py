@@ -6,18 +6,17 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
-from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._gc import gc_paused
 from .analysis import Analysis, analyze
-from .capture import capture, normalize_inputs
+from .capture import FakeShapeProp, capture, normalize_inputs
 from .channels import CONST
-from .masked import build_masked
+from .masked import build_masked, masked_view
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
-from .report import Report, build_report
+from .report import Report, build_report, model_bytes
 from .rewrite import rewrite
-from .verify import RecordingInterpreter, verification_mode, max_abs_diff, output_keeps, relative_diff
+from .verify import RecordingInterpreter, copies, verification_mode, max_abs_diff, output_keeps, relative_diff
 
 
 @dataclass
@@ -52,8 +51,9 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
     return _State(gm, inputs, analysis, make_plan(analysis, flags))
 
 
+@gc_paused
 def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None, masks: dict | None = None,
-          criterion: str = "l1", prune_bias: bool = True, prune_outputs: bool = False,
+          criterion: str = "l1", prune_bias: bool | None = None, prune_outputs: bool = False,
           ignore=(), layer_sparsity: dict | None = None, global_ranking: bool = False,
           round_to: int = 1, verify: bool = True, dump_dir=None) -> fx.GraphModule:
     """Prune channels of ``model`` and return a new, smaller GraphModule that computes exactly what the
@@ -73,6 +73,8 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
         criterion: ``"l1"``, ``"l2"`` or ``"fpgm"``.
         prune_bias: pruned channels' biases are zeroed too (their channels are then exactly 0);
             with False the bias stays and its constant is folded into the consumers where exact.
+            Default: the setting of the masked model given (``apply_masks(..., prune_bias=...)``),
+            else True.
         prune_outputs: let explicit masks change the width of graph outputs.
         ignore: module names (or prefixes) whose output channels are never pruned.
         layer_sparsity: ``{module name or prefix: sparsity}`` for the groups those modules produce.
@@ -85,6 +87,8 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
             there (``captured.dot``, ``groups.dot``, ``pruned.dot``; ``.svg``/``.png`` too when the
             Graphviz ``dot`` binary is installed). See :func:`fxprune.dump`.
     """
+    if prune_bias is None:  # a masked model of ours says how it masks
+        prune_bias = getattr(model, "meta", {}).get("fxprune_masked", {}).get("prune_bias", True)
     state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
                      layer_sparsity=layer_sparsity, global_ranking=global_ranking, round_to=round_to)
     return _finish(state, prune_bias, verify, dump_dir=dump_dir)
@@ -93,17 +97,18 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
 def _finish(state: _State, prune_bias: bool, verify: bool = True, dump_dir=None) -> fx.GraphModule:
     plan, analysis = state.plan, state.analysis
     params_before = sum(p.numel() for p in state.gm.parameters())
+    bytes_before = model_bytes(state.gm)  # parameters + buffers, before baking
     # consumers that read removed channels holding nonzero constants: record their inputs to fold them
     fold_uses = [u for u in analysis.uses if u.site is not None
                  and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
+    baked = build_masked(state.gm, plan, prune_bias, bake=True)  # state.gm is ours: baked in place
     masked_out, recorded = None, {}
     if verify or fold_uses:
-        masked = build_masked(state.gm, plan, prune_bias)
+        masked = masked_view(baked, plan, prune_bias)
         recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses})
         with verification_mode(masked):
-            masked_out = recorder.run(*state.inputs)
+            masked_out = recorder.run(*copies(state.inputs))
         recorded = recorder.recorded
-    baked = build_masked(state.gm, plan, prune_bias, bake=True)  # state.gm is ours: baked in place
     fold = {}
     for u in fold_uses:
         x = recorded[u.node.name]
@@ -117,14 +122,16 @@ def _finish(state: _State, prune_bias: bool, verify: bool = True, dump_dir=None)
     for node in pruned.graph.nodes:  # shapes from the capture are stale
         node.meta.pop("tensor_meta", None)
     # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
+    shapes = FakeShapeProp(pruned)
     with FlopCounterMode(display=False) as after:
-        ShapeProp(pruned, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*state.inputs)
+        shapes.propagate(*state.inputs)
     if verify:
         with verification_mode(pruned):
-            pruned_out = pruned(*state.inputs)
+            pruned_out = pruned(*copies(state.inputs))
     report: Report = build_report(plan, keeps, prune_bias)
     report.params_before = params_before
     report.params_after = sum(p.numel() for p in pruned.parameters())
+    report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
     report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
     if verify:
         report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
@@ -138,6 +145,7 @@ def _finish(state: _State, prune_bias: bool, verify: bool = True, dump_dir=None)
     return pruned
 
 
+@gc_paused
 def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
     """Remove every channel that is zero for every input, and return a smaller GraphModule with the
     same output as ``model`` (which is not modified).

@@ -14,6 +14,9 @@ import traceback
 import torch
 import torch.fx as fx
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.func import functional_call
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
 from . import rules
@@ -21,6 +24,57 @@ from . import rules
 
 class CaptureError(RuntimeError):
     """The model could not be captured as an fx graph."""
+
+
+class FakeShapeProp(ShapeProp):
+    """torch's ShapeProp on fake tensors, without its deep copy of the module.
+
+    ``ShapeProp(gm, fake_mode)`` first deep-copies the whole module into fake tensors (a third of
+    prune()'s time on a 25 M parameter model). Here each parameter and buffer gets a fake twin (no
+    data copied) that modules are called with (``torch.func.functional_call``) and ``get_attr``
+    returns; the module itself keeps its real tensors, which rules read. Buffers are restored
+    afterwards in case an op with only real inputs ran for real.
+
+    Example::
+
+        FakeShapeProp(gm).propagate(x)      # node.meta["tensor_meta"] as with ShapeProp
+    """
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)  # no fake mode active here: ShapeProp makes no fake copy
+        self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        self._fakes: dict[int, torch.Tensor] = {}   # id(real tensor) -> its fake twin
+        # made here, outside the fake and FLOP-counting modes that propagate() runs under
+        for t in (*gm.parameters(), *gm.buffers()):
+            self._fake(t)
+
+    def _fake(self, t):
+        if not isinstance(t, torch.Tensor) or isinstance(t, FakeTensor):
+            return t
+        fake = self._fakes.get(id(t))
+        if fake is None:  # same metadata on the meta device, no data (10x cheaper than from_tensor)
+            meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+            fake = FakeTensor(self.fake_mode, meta, t.device)
+            self._fakes[id(t)] = fake.requires_grad_(t.requires_grad)
+        return fake
+
+    def get_attr(self, target, args, kwargs):
+        return self._fake(super().get_attr(target, args, kwargs))
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        state = {name: self._fake(t) for name, t in
+                 [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
+        return functional_call(module, state, args, kwargs)
+
+    def propagate(self, *args):
+        saved = [(b, b.detach().clone()) for b in self.module.buffers()]
+        try:
+            return super().propagate(*args)
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
 
 
 class Tracer(fx.Tracer):
@@ -81,7 +135,7 @@ def capture(model: nn.Module) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
     masks = strip_masks(model)
     if isinstance(model, fx.GraphModule):
         from .masked import strip_param_masks
-        strip_param_masks(model)
+        masks.update(strip_param_masks(model))
         return model, masks
     try:
         graph = Tracer().trace(model)

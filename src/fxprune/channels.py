@@ -30,6 +30,9 @@ class ChannelMap:
     ids: torch.Tensor
     carry: torch.Tensor
     ndim: int
+    #: a tensor dim along which the values sum to 1 at every position (softmax output), else None;
+    #: transforms drop it unless they keep it true
+    sums_to_one: int | None = None
 
     # -- construction -------------------------------------------------------------------------
     @staticmethod
@@ -68,7 +71,8 @@ class ChannelMap:
     def align_to(self, out_ndim: int) -> "ChannelMap":
         """Broadcasting: a rank-r operand's dims move right when the output has more dims."""
         shift = out_ndim - self.ndim
-        return ChannelMap(tuple(d + shift for d in self.dims), self.ids, self.carry, out_ndim)
+        stochastic = None if self.sums_to_one is None else self.sums_to_one + shift
+        return ChannelMap(tuple(d + shift for d in self.dims), self.ids, self.carry, out_ndim, stochastic)
 
     def permute(self, perm: list[int]) -> "ChannelMap":
         """Output dim i is input dim perm[i]."""

@@ -1,7 +1,9 @@
 """The ``fxprune`` command line.
 
     fxprune inspect MODEL --input-shape 1,3,224,224 [--dump-dir DIR]
-    fxprune prune MODEL --input-shape 1,3,224,224 --sparsity 0.5 -o pruned.pt [--json] [--dump-dir DIR]
+    fxprune prune MODEL --input-shape 1,3,224,224 --sparsity 0.5 [--criterion l1|l2|fpgm] [--global]
+                  [--round-to 8] [--ignore NAME ...] -o pruned.pt [--dump-dir DIR] [--json]
+                  [--latency-runs N | --no-latency]
     fxprune demo [--dump-dir DIR]
 
 MODEL is ``path/to/file.py:factory`` or ``package.module:factory``; the factory is called with no
@@ -197,6 +199,8 @@ def _prune(args) -> int:
         raise UsageError(f"--sparsity must be in [0, 1), got {args.sparsity}")
     if args.round_to < 1:
         raise UsageError(f"--round-to must be a positive integer, got {args.round_to}")
+    if args.latency_runs < 1:
+        raise UsageError(f"--latency-runs must be a positive integer, got {args.latency_runs}")
     model, inputs = _model_and_inputs(args)
     try:
         pruned = fxprune.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion,
@@ -205,6 +209,11 @@ def _prune(args) -> int:
     except (ValueError, TypeError, RuntimeError) as e:
         raise ModelError(_one_line(e)) from e
     report = pruned.meta["fxprune"]
+    if not args.no_latency:  # forward passes of both models: measured here, not by prune()
+        try:
+            fxprune.measure_latency(model, pruned, inputs, runs=args.latency_runs)
+        except Exception as e:
+            raise ModelError(f"timing the models failed: {_one_line(e)}") from e
     if args.output:
         fxprune.save(pruned, args.output)
     if args.json:
@@ -238,6 +247,7 @@ def _demo(args) -> int:
         start = time.perf_counter()
         pruned = fxprune.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion)
         took = time.perf_counter() - start
+        fxprune.measure_latency(model, pruned, inputs, runs=10)
         print(f"== {name}: prune(sparsity={args.sparsity}, criterion={args.criterion!r}) in {took * 1000:.0f} ms")
         print(pruned.meta["fxprune"])
         if args.dump_dir:
@@ -275,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-o", "--output", metavar="PATH", help="save the pruned model here (load with fxprune.load)")
     pr.add_argument("--dump-dir", metavar="DIR", help="write captured/groups/pruned dumps here")
     pr.add_argument("--json", action="store_true", help="print the report as JSON (report.to_dict())")
+    pr.add_argument("--latency-runs", type=int, default=10, metavar="N",
+                    help="CPU latency before and after: median of N forward passes on the example inputs (10)")
+    pr.add_argument("--no-latency", action="store_true", help="do not time the models (faster)")
     pr.add_argument("--seed", type=int, default=0, help="seed of the random example inputs")
     pr.set_defaults(func=_prune)
 

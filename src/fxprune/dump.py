@@ -436,7 +436,41 @@ def _pruned_nodes(gm: fx.GraphModule, analysis=None, plan=None) -> list[_Node]:
 _BOX_BUDGET = 40   # collapse=True refines boxes while the picture has at most this many items
 
 
-def _boxes(nodes: list[_Node], collapse) -> dict[str, tuple[str, str]]:
+def _boxes(nodes: list[_Node], collapse, expand=()) -> dict[str, tuple[str, str]]:
+    """node name -> (box path, class name); see :func:`_collapse`. ``expand``: module paths drawn
+    open (every op inside them is a node), whatever ``collapse`` says about them."""
+    boxed = _collapse(nodes, collapse)
+    expand = [expand] if isinstance(expand, str) else [e for e in (expand or ()) if e]
+    if not boxed or not expand:
+        return boxed
+
+    def inside(path: str) -> bool:
+        return any(path == e or path.startswith(e + ".") for e in expand)
+
+    def around(path: str) -> bool:  # an enclosing module of an expanded one
+        return any(e.startswith(path + ".") for e in expand)
+
+    by_name = {n.name: n for n in nodes}
+    out = {}
+    for k, (path, cls) in boxed.items():
+        if not (inside(path) or around(path)):
+            out[k] = (path, cls)
+            continue
+        n = by_name[k]
+        chain = [(p, c) for p, c, cont in n.chain if not cont and not (n.op == "call_module" and p == n.target)]
+        if any(inside(p) for p, _ in chain):
+            continue  # drawn as its own node
+        deeper = next(((p, c) for p, c in chain if not around(p)), None)
+        if deeper is not None:
+            out[k] = deeper
+    sizes: dict[str, int] = {}
+    for k, b in out.items():
+        if by_name[k].op != "get_attr":
+            sizes[b[0]] = sizes.get(b[0], 0) + 1
+    return {k: b for k, b in out.items() if sizes.get(b[0], 0) >= 2}
+
+
+def _collapse(nodes: list[_Node], collapse) -> dict[str, tuple[str, str]]:
     """node name -> (box path, class name) for the nodes drawn inside a box.
 
     ``collapse=True``: each node goes into the outermost module around it that is neither a plain
@@ -571,15 +605,16 @@ def _outlined(inner_rows: list[str], groups: list[int], fill: str, barrier: bool
 
 
 def _barrier_rows(reasons: list[tuple[str | None, str]]) -> list[str]:
-    """One left-aligned block naming each barrier (node, or None for the node itself) and why."""
-    lines = []
+    """One left-aligned block naming each barrier (node, or None for the node itself) and why; a
+    small gap between barriers, so that several in one box do not run together."""
+    blocks = []
     for where, why in reasons:
         head = f"barrier at {where}: " if where else "barrier: "
-        lines += _wrap(head + why, 44)
-    if not lines:
+        blocks.append(f'<FONT COLOR="{_BARRIER}" POINT-SIZE="10"><B>'
+                      + '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(head + why, 44)) + '<BR ALIGN="LEFT"/></B></FONT>')
+    if not blocks:
         return []
-    return [f'<FONT COLOR="{_BARRIER}" POINT-SIZE="10"><B>'
-            + '<BR ALIGN="LEFT"/>'.join(_h(s) for s in lines) + '<BR ALIGN="LEFT"/></B></FONT>']
+    return ['<FONT POINT-SIZE="4"> <BR ALIGN="LEFT"/></FONT>'.join(blocks)]
 
 
 def _node_label(n: _Node, show_groups: bool) -> str:
@@ -599,9 +634,9 @@ def _node_label(n: _Node, show_groups: bool) -> str:
 
 
 def _render(nodes: list[_Node], *, title: str, collapse, legend: list[str] | None, show_groups: bool,
-            group_widths: dict[int, str], legend_tooltip: str = "") -> str:
+            group_widths: dict[int, str], legend_tooltip: str = "", expand=()) -> str:
     by_name = {n.name: n for n in nodes}
-    boxes = _boxes(nodes, collapse)
+    boxes = _boxes(nodes, collapse, expand)
     rep = {}
     for n in nodes:
         if n.name in boxes:
@@ -631,6 +666,18 @@ def _render(nodes: list[_Node], *, title: str, collapse, legend: list[str] | Non
     for n in nodes:
         if n.name in boxes:
             members.setdefault(boxes[n.name][0], []).append(n)
+    opened = [expand] if isinstance(expand, str) else [e for e in (expand or ()) if e]
+    clusters: dict[str, list[str]] = {}   # an expanded module: its nodes, drawn in a dashed frame
+    titles: dict[str, str] = {}
+
+    def frame(n: _Node) -> list[str]:
+        for e in opened:
+            for p, c, _ in n.chain:
+                if p == e:
+                    titles.setdefault(e, f"{e} ({c})" if c else e)
+                    return clusters.setdefault(e, [])
+        return lines
+
     emitted = set()
     for n in nodes:
         r = rep[n.name]
@@ -657,12 +704,19 @@ def _render(nodes: list[_Node], *, title: str, collapse, legend: list[str] | Non
             tip = f"{path} ({cls}): " + ", ".join(m.name for m in inner)
             lines.append(f"  {_q(r)} [label={label}, tooltip={_q(tip)}];")
         else:
+            out = frame(n)
             if not n.visible:
-                lines.append(f"  {_q(r)} [shape=plaintext, label={_q(n.title + ' ' + n.name)}, "
-                             "fontsize=9, fontcolor=\"#999999\"];")
+                out.append(f"  {_q(r)} [shape=plaintext, label={_q(n.title + ' ' + n.name)}, "
+                           "fontsize=9, fontcolor=\"#999999\"];")
                 continue
             tip = n.name + (": groups " + ", ".join(f"g{g}" for g in n.groups) if show_groups and n.groups else "")
-            lines.append(f"  {_q(r)} [label={_node_label(n, show_groups)}, tooltip={_q(tip)}];")
+            out.append(f"  {_q(r)} [label={_node_label(n, show_groups)}, tooltip={_q(tip)}];")
+    for i, (path, inner) in enumerate(clusters.items()):
+        lines.append(f"  subgraph cluster_open{i} {{")
+        lines.append(f'    label={_q(titles[path] + " (expanded)")}; style="dashed,rounded"; color="#777777"; '
+                     'fontsize=12; labeljust=l;')
+        lines += ["  " + x for x in inner]
+        lines.append("  }")
     # edges
     seen = set()
     for n in nodes:
@@ -682,8 +736,23 @@ def _render(nodes: list[_Node], *, title: str, collapse, legend: list[str] | Non
             elif src_node is not None and not src_node.visible:
                 attrs.append('style=dashed, color="#bbbbbb"')
             lines.append(f"  {_q(src)} -> {_q(dst)}" + (f" [{', '.join(attrs)}]" if attrs else "") + ";")
+    if legend:  # the legend above the graph (beside it, a tall graph leaves a wide empty corner)
+        targets = {d for _, d in seen}
+        sources = [r for r in dict.fromkeys(rep.values()) if r is not None and r not in targets]
+        for r in sources:
+            lines.append(f"  legend{len(legend) - 1} -> {_q(r)} [style=invis];")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _unit_word(g) -> str:
+    """``" heads"`` for a group of attention heads (its width counts heads, not channels), else ``""``."""
+    if any(s.role == "heads" for s in g.producers):
+        return " heads"
+    attention = any(k in g.pattern for k in ("softmax", "scaled_dot_product_attention", "multiheadattention"))
+    if attention and g.units and len(g.units[0].elements) > len(g.producers):
+        return " heads"
+    return ""
 
 
 def _legend(analysis, plan=None, stage: str = "groups") -> tuple[list[str], str, dict[int, str]]:
@@ -697,14 +766,14 @@ def _legend(analysis, plan=None, stage: str = "groups") -> tuple[list[str], str,
         before, after = G.width(g)
         widths[g.index] = _arrow(before, after)
         c = group_color(g.index)
-        pattern = '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(g.pattern, 56, "-+")) + '<BR ALIGN="LEFT"/>'
+        pattern = '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(g.pattern, 46, "-+")) + '<BR ALIGN="LEFT"/>'
         status = G.status(g)
-        status_html = '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(status, 40)) + '<BR ALIGN="LEFT"/>'
+        status_html = '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(status, 30)) + '<BR ALIGN="LEFT"/>'
         colour = _BARRIER if status.startswith("unprunable") else "#000000"
         rows.append(f'<TR><TD BGCOLOR="{c}" WIDTH="18"> </TD>'
                     f'<TD ALIGN="LEFT"><B>g{g.index}</B></TD>'
                     f'<TD ALIGN="LEFT" BALIGN="LEFT">{pattern}</TD>'
-                    f"<TD>{_h(widths[g.index])}</TD>"
+                    f"<TD>{_h(widths[g.index] + _unit_word(g))}</TD>"
                     f'<TD ALIGN="LEFT" BALIGN="LEFT"><FONT COLOR="{colour}">{status_html}</FONT></TD></TR>')
         tips.append(f"g{g.index}: {g.pattern} ({widths[g.index]}; {status})")
     tables = [('<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="3" COLOR="#cccccc">'
@@ -713,7 +782,7 @@ def _legend(analysis, plan=None, stage: str = "groups") -> tuple[list[str], str,
         brow = [f'<TR><TD COLSPAN="2" ALIGN="LEFT"><FONT COLOR="{_BARRIER}"><B>barriers: channels that reach '
                 "these are not pruned</B></FONT></TD></TR>"]
         for node, why in analysis.barriers:
-            why_html = '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(why, 60)) + '<BR ALIGN="LEFT"/>'
+            why_html = '<BR ALIGN="LEFT"/>'.join(_h(s) for s in _wrap(why, 46)) + '<BR ALIGN="LEFT"/>'
             brow.append(f'<TR><TD ALIGN="LEFT"><B>{_h(node.name)}</B></TD>'
                         f'<TD ALIGN="LEFT" BALIGN="LEFT">{why_html}</TD></TR>')
             tips.append(f"barrier {node.name}: {why}")
@@ -728,7 +797,8 @@ def _model_name(analysis) -> str:
     return name if name not in ("GraphModule", "GraphModuleImpl") else "model"
 
 
-def to_dot(analysis, plan=None, collapse=True, *, stage: str = "groups", title: str | None = None) -> str:
+def to_dot(analysis, plan=None, collapse=True, *, stage: str = "groups", title: str | None = None,
+           expand=()) -> str:
     """Graphviz DOT text of the captured graph with its channel groups.
 
     Each group has its own colour: nodes that carry a group's channels (or read them) are outlined in
@@ -744,6 +814,8 @@ def to_dot(analysis, plan=None, collapse=True, *, stage: str = "groups", title: 
             ``layer1.0``), an int collapses everything below that depth of module path into one box,
             ``False`` draws every node.
         stage: ``"groups"`` (coloured) or ``"captured"`` (the plain captured graph, shapes only).
+        expand: module paths to draw open although collapsed (``("layer2.0",)``): every op inside
+            them is a node.
     """
     show = stage != "captured"
     nodes = _analysis_nodes(analysis, plan, groups=show)
@@ -757,10 +829,11 @@ def to_dot(analysis, plan=None, collapse=True, *, stage: str = "groups", title: 
             title = f"fxprune · {_model_name(analysis)} · captured graph ({len(nodes)} nodes)"
     legend, tip, widths = _legend(analysis, plan) if show else (None, "", {})
     return _render(nodes, title=title, collapse=collapse, legend=legend, show_groups=show,
-                   group_widths=widths, legend_tooltip=tip)
+                   group_widths=widths, legend_tooltip=tip, expand=expand)
 
 
-def pruned_to_dot(pruned: fx.GraphModule, analysis=None, plan=None, collapse=True, *, title: str | None = None) -> str:
+def pruned_to_dot(pruned: fx.GraphModule, analysis=None, plan=None, collapse=True, *, title: str | None = None,
+                  expand=()) -> str:
     """DOT text of a pruned GraphModule: its real (new) shapes, changed dims shown old→new, nodes
     coloured by the groups of the captured graph when ``analysis`` is given."""
     nodes = _pruned_nodes(pruned, analysis, plan)
@@ -771,7 +844,7 @@ def pruned_to_dot(pruned: fx.GraphModule, analysis=None, plan=None, collapse=Tru
             title += f" · parameters {report.params_before:,}→{report.params_after:,}"
     legend, tip, widths = _legend(analysis, plan) if analysis is not None else (None, "", {})
     return _render(nodes, title=title, collapse=collapse, legend=legend, show_groups=analysis is not None,
-                   group_widths=widths, legend_tooltip=tip)
+                   group_widths=widths, legend_tooltip=tip, expand=expand)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -820,18 +893,18 @@ def _write_stages(out_dir: str, texts: dict[str, str], formats=("svg", "png"), s
     return written
 
 
-def _stage_texts(analysis, plan, pruned, stages, collapse) -> dict[str, str]:
+def _stage_texts(analysis, plan, pruned, stages, collapse, expand=()) -> dict[str, str]:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ValueError(f"unknown dump stage(s) {bad}; choose from {list(STAGES)}")
     texts = {}
     for s in stages:
         if s == "captured":
-            texts[s] = to_dot(analysis, None, collapse, stage="captured")
+            texts[s] = to_dot(analysis, None, collapse, stage="captured", expand=expand)
         elif s == "groups":
-            texts[s] = to_dot(analysis, plan, collapse)
+            texts[s] = to_dot(analysis, plan, collapse, expand=expand)
         elif s == "pruned" and pruned is not None:
-            texts[s] = pruned_to_dot(pruned, analysis, plan, collapse)
+            texts[s] = pruned_to_dot(pruned, analysis, plan, collapse, expand=expand)
     return texts
 
 
@@ -842,7 +915,7 @@ def dump_state(state, pruned, out_dir, stages=STAGES, collapse=True, formats=("s
 
 
 def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=None, collapse=True,
-         formats=("svg", "png"), **prune_kwargs) -> dict[str, list[str]]:
+         formats=("svg", "png"), expand=(), **prune_kwargs) -> dict[str, list[str]]:
     """Write ``captured.dot``, ``groups.dot`` and ``pruned.dot`` to ``out_dir`` (and ``.svg`` and
     ``.png`` of each when the Graphviz ``dot`` binary is found; otherwise one warning says how to
     install it). The model is not modified.
@@ -856,6 +929,7 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
 
         fxprune.dump(model, (x,), "dumps", sparsity=0.5)       # dumps/groups.svg, ...
         fxprune.dump(model, (x,), "dumps", stages=("groups",), collapse=False)
+        fxprune.dump(model, (x,), "dumps", sparsity=0.5, expand=("layer2.0",))   # one block drawn open
 
     Returns ``{stage: [files written]}``.
     """
@@ -879,11 +953,12 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
         model, inp = args.pop("model"), args.pop("example_inputs")
         base = ("masks", "sparsity", "criterion", "prune_bias", "prune_outputs", "ignore")
         state = api._prepare(model, inp, **{k: args.pop(k) for k in base}, **args)
-        texts = _stage_texts(state.analysis, state.plan, None, [s for s in stages if s != "pruned"], collapse)
+        texts = _stage_texts(state.analysis, state.plan, None, [s for s in stages if s != "pruned"], collapse,
+                             expand)
         # the pipeline rewrites its graph in place: the captured and groups stages are drawn first
         pruned = api._finish(state, bound.arguments["prune_bias"], verify)
         if "pruned" in stages:
-            texts.update(_stage_texts(state.analysis, state.plan, pruned, ["pruned"], collapse))
+            texts.update(_stage_texts(state.analysis, state.plan, pruned, ["pruned"], collapse, expand))
         texts = {s: texts[s] for s in stages if s in texts}
         return _write_stages(str(out_dir), texts, formats)
     report = getattr(pruned, "meta", {}).get("fxprune") if pruned is not None else None
@@ -898,7 +973,7 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
         plan = make_plan(analysis, units_from_masks(analysis, masks, strict=False))
     elif report is not None:
         plan = make_plan(analysis, torch.zeros(analysis.n_elements, dtype=torch.bool))
-    texts = _stage_texts(analysis, plan, pruned, stages, collapse)
+    texts = _stage_texts(analysis, plan, pruned, stages, collapse, expand)
     return _write_stages(str(out_dir), texts, formats)
 
 
@@ -942,7 +1017,7 @@ def to_networkx(analysis, plan=None):
             unit_pos[u.root] = (g.index, j)
         attrs = dict(type="group", index=g.index, pattern=g.pattern, width=g.width,
                      prunable=sum(1 for u in g.units if u.blocked is None), blocked=g.blocked,
-                     producers=[f"{s.owner}.{next(iter(s.tensors))}" if s.tensors else s.owner for s in g.producers],
+                     producers=[s.fqn(next(iter(s.tensors))) if s.tensors else s.owner for s in g.producers],
                      unit_blocked=[u.blocked for u in g.units])
         if plan is not None:
             attrs["width_after"] = grp.width(g)[1]
@@ -1178,6 +1253,14 @@ def save(gm: nn.Module, path) -> None:
         warnings.warn("fxprune.save: the saved model refers to " + ", ".join(sorted(unimportable))
                       + ", which another process cannot import; import it before fxprune.load, or move it "
                       "into an importable module", stacklevel=2)
+    if isinstance(gm, fx.GraphModule):
+        # annotations kept as strings (a model file with `from __future__ import annotations`) cannot be
+        # pickled by GraphModule (its import block needs objects): they are only annotations, drop them
+        stringly = [n for n in gm.graph.nodes if isinstance(n.type, str)]
+        for n in stringly:
+            n.type = None
+        if stringly:
+            gm.recompile()
     report = getattr(gm, "meta", {}).get("fxprune") if isinstance(gm, fx.GraphModule) else None
     torch.save({"fxprune_format": _FORMAT, "module": gm, "report": report}, str(path))
 

@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 from torch.nn.utils import parametrize
 
+from ._gc import gc_paused
 from .capture import attr, owner_of, private_copy
 from .masks import Plan, RowMask
 from .rules import Rule
@@ -54,9 +55,19 @@ def _mask_param(gm: fx.GraphModule, owner: str, site, keep: torch.Tensor, bake: 
     a ``mul`` by a keep buffer after each get_attr of it (a parametrization would have to live on the
     module that owns the parameter, and that may be the GraphModule itself)."""
     name, dim = param_site_dim(site)
-    target = f"{owner}.{name}" if owner else name
-    module = gm.get_submodule(owner)
-    param = getattr(module, name)
+    _mask_attr(gm, f"{owner}.{name}" if owner else name, keep, dim, bake)
+
+
+#: on the keep buffer's get_attr node of a producer's rows: the tensor fqn, to read the mask back
+ROWS_TAG = "fxprune_rows_of"
+
+
+def _mask_attr(gm: fx.GraphModule, target: str, keep: torch.Tensor, dim: int, bake: bool,
+               producer: bool = False) -> None:
+    """Hold the entries of the get_attr tensor ``target`` along ``dim`` where ``keep`` is False at zero
+    (see :func:`_mask_param`). ``producer``: ``keep`` is a producer's row mask (``F.linear(x, self.w)``),
+    which :func:`strip_param_masks` reads back when a masked model is pruned."""
+    param = attr(gm, target)
     shape = [1] * param.dim()
     shape[dim] = -1
     if bake:
@@ -75,11 +86,15 @@ def _mask_param(gm: fx.GraphModule, owner: str, site, keep: torch.Tensor, bake: 
             with gm.graph.inserting_after(k):
                 masked = gm.graph.call_function(torch.mul, (node, k))
             k.meta[MASK_TAG] = masked.meta[MASK_TAG] = True
+            if producer:
+                k.meta[ROWS_TAG] = target
             node.replace_all_uses_with(masked, delete_user_cb=lambda u: u is not masked)
 
 
-def strip_param_masks(gm: fx.GraphModule) -> None:
-    """Undo _mask_param and rules' masked_node on a copy of a masked model (prune() of a masked model)."""
+def strip_param_masks(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Undo _mask_param and rules' masked_node on a copy of a masked model (prune() of a masked model).
+    Returns the row masks of producers whose weights are get_attr tensors, keyed by fqn."""
+    masks: dict[str, torch.Tensor] = {}
     changed = False
     for node in gm.graph.nodes:
         if "fxprune_restore" in node.meta:  # (original target, how many leading args it takes)
@@ -94,9 +109,13 @@ def strip_param_masks(gm: fx.GraphModule) -> None:
     for node in list(gm.graph.nodes):
         if node.meta.get(MASK_TAG) and node.op == "get_attr":
             gm.graph.erase_node(node)
-            delattr(gm, node.target)
+            if hasattr(gm, node.target):  # several get_attr nodes may read one keep buffer
+                if ROWS_TAG in node.meta:
+                    masks[node.meta[ROWS_TAG]] = getattr(gm, node.target).detach().reshape(-1).bool().clone()
+                delattr(gm, node.target)
     if changed:
         gm.recompile()
+    return masks
 
 
 def _has_custom_mask(rule) -> bool:
@@ -155,6 +174,10 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
                             shape = [1] * p.dim()
                             shape[axis] = -1
                             p.mul_(rows.reshape(shape).to(p.dtype))
+                elif s.node.op != "call_module":
+                    # a function op reads its weights through get_attr nodes (F.linear(x, self.w)): masked in
+                    # the graph (a parametrization on their holder would not survive the GraphModule's copy)
+                    _mask_attr(new, s.fqn(pname), rows, axis, bake=False, producer=pname in s.tensors)
                 else:
                     parametrize.register_parametrization(*owner_of(module, pname), RowMask(rows, axis))
     new.graph.lint()
@@ -162,6 +185,35 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
     return new
 
 
+def masked_view(baked: fx.GraphModule, plan: Plan, prune_bias: bool) -> fx.GraphModule:
+    """The masked model, sharing the parameters of ``baked`` (the output of ``build_masked(...,
+    bake=True)``, whose weights already hold the masks): only modules and function ops whose rule
+    masks them another way (a LayerNorm's statistics over kept channels) are replaced. For running
+    the masked model once (verification, constants to fold) without copying the weights.
+
+    Example::
+
+        baked = build_masked(gm, plan, prune_bias, bake=True)
+        out = masked_view(baked, plan, prune_bias)(x)      # what apply_masks(...)(x) computes
+    """
+    view = fx.GraphModule(baked, copy.deepcopy(baked.graph), class_name=type(baked).__name__)
+    nodes = {n.name: n for n in view.graph.nodes}
+    for owner, sites in _sites_by_owner(plan).items():
+        sites = [s for s in sites if s.kind != "param"]  # get_attr parameters are baked
+        if not sites:
+            continue
+        rule, keep = sites[0].rule, {s.role: plan.site_keep(s) for s in sites}
+        if owner in nodes and hasattr(rule, "masked_node"):
+            rule.masked_node(view, nodes[owner], keep, prune_bias)
+        elif _has_custom_mask(rule):
+            # the view's module containers are its own (GraphModule copies the paths it uses), so
+            # replacing a leaf here leaves ``baked`` alone
+            view.set_submodule(owner, rule.masked(view.get_submodule(owner), keep, prune_bias))
+    view.recompile()
+    return view
+
+
+@gc_paused
 def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str = "l1",
                 prune_bias: bool = True, prune_outputs: bool = False, ignore=(), **selection) -> fx.GraphModule:
     """The masked model: a new GraphModule computing ``model`` with the pruned channels held at zero.
@@ -227,6 +279,11 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
             if s.kind == "producer":
                 names.update(s.biases)
             for pname, gates in names.items():
+                if s.node.op != "call_module":  # get_attr weights of a function op: masked in the graph
+                    n_rows = attr(module, pname).shape[s.axes.get(pname, 0)]
+                    _mask_attr(masked, s.fqn(pname), _rows(keep, gates, n_rows, s.kind), s.axes.get(pname, 0),
+                               bake=False, producer=pname in s.tensors)
+                    continue
                 holder, leaf = owner_of(module, pname)
                 if parametrize.is_parametrized(holder, leaf):
                     for p in holder.parametrizations[leaf]:

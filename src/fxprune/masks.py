@@ -58,7 +58,7 @@ class Plan:
             if bool(keep.all()):
                 continue
             name, gates = next(iter(site.tensors.items()))
-            out[f"{site.owner}.{name}"] = keep.repeat(gates) if gates > 1 else keep
+            out[site.fqn(name)] = keep.repeat(gates) if gates > 1 else keep
         return out
 
 
@@ -67,7 +67,7 @@ def units_from_masks(analysis: Analysis, masks: dict, strict: bool = True) -> to
     masked = torch.zeros(analysis.n_elements, dtype=torch.bool)
     given = torch.zeros(analysis.n_elements, dtype=torch.bool)
     source: dict[int, str] = {}
-    known = sorted(f"{s.owner}.{t}" for s in analysis.sites.values() if s.kind == "producer" for t in s.tensors)
+    known = sorted(s.fqn(t) for s in analysis.sites.values() if s.kind == "producer" for t in s.tensors)
     for fqn, mask in masks.items():
         found = analysis.producer_for_tensor(fqn)
         if found is None:
@@ -146,7 +146,7 @@ class Selection:
 
     def group_sparsity(self, group) -> float | None:
         """None: the group is ignored."""
-        owners = [s.owner for s in group.producers]
+        owners = [s.owner or next(iter(s.tensors)) for s in group.producers]  # "": a get_attr weight, by fqn
         if any(self._matches(o, name) for o in owners for name in self.ignore):
             return None
         for name, value in (self.layer_sparsity or {}).items():
@@ -179,10 +179,19 @@ def units_from_sparsity(analysis: Analysis, model, selection: Selection) -> torc
         if n_prune <= 0:
             continue
         keep = select(scores, n_prune, allowed)
-        for u, k in zip(g.units, keep.tolist()):
-            if not k:
-                masked[u.elements] = True
+        _one_per_producer(analysis, g, scores, keep)
+        masked[[e for u, k in zip(g.units, keep.tolist()) if not k for e in u.elements]] = True
     return masked
+
+
+def _one_per_producer(analysis: Analysis, group, scores: torch.Tensor, keep: torch.Tensor) -> None:
+    """Every producer of a group keeps a unit (its mask must keep a row): where a producer coupled with
+    others (a residual add or gate over a cat) lost all its units, its best-scoring one stays."""
+    position = {u.root: i for i, u in enumerate(group.units)}
+    for site in group.producers:
+        where = torch.tensor([position[r] for r in analysis.root[site.ids].tolist()], dtype=torch.long)
+        if not bool(keep[where].any()):
+            keep[where[scores[where].argmax()]] = True
 
 
 def _global_counts(plans, sparsity: float) -> None:
@@ -220,22 +229,24 @@ def make_plan(analysis: Analysis, masked: torch.Tensor) -> Plan:
         if all(bool(masked[u.root]) for u in g.units):
             names = ", ".join(f"{s.owner}" for s in g.producers)
             raise ValueError(f"the masks prune every channel of the group produced by {names}; keep at least one")
+    _some_channel(analysis, removed, kept)
     _equalize(analysis, masked, removed, kept)
-    _some_input(analysis, removed, kept)
     _rectangles(analysis, removed, kept)
     return Plan(analysis, masked, removed, kept)
 
 
-def _some_input(analysis: Analysis, removed, kept) -> None:
-    """A consumer keeps at least one input channel (a convolution without input channels has no
-    output channels either); that channel stays in the model, still masked."""
+def _some_channel(analysis: Analysis, removed, kept) -> None:
+    """A consumer keeps at least one input channel and a producer at least one output channel (a
+    convolution cannot run without either; a producer coupled with others, or with dead channels, may
+    have lost all its own); that channel stays in the model, still masked."""
     for site in analysis.sites.values():
-        if site.kind != "consumer" or bool((site.ids < 0).any()):
+        if site.kind not in ("consumer", "producer") or bool((site.ids < 0).any()):
             continue
         if bool(removed[site.ids].all()):
             unit = analysis.unit_of[int(analysis.root[site.ids[0]])]
             removed[unit.elements] = False
-            kept[unit.root] = f"{site.owner} keeps at least one input channel"
+            side = "input" if site.kind == "consumer" else "output"
+            kept[unit.root] = f"{site.owner} keeps at least one {side} channel"
 
 
 def _rectangles(analysis: Analysis, removed, kept) -> None:

@@ -5,6 +5,8 @@ import re
 
 import torch.fx as fx
 
+from ._gc import gc_paused
+
 
 def op_kind(node: fx.Node, modules: dict) -> str:
     """A short lowercase name: 'linear', 'conv', 'maxpool', 'relu', 'flatten', 'add', ..."""
@@ -26,16 +28,11 @@ def op_kind(node: fx.Node, modules: dict) -> str:
 def name_groups(analysis) -> None:
     """Set ``group.pattern`` for every group: producer kinds, then the ops its channels pass through,
     then consumer kinds (one pass over the graph)."""
-    import torch
-
     from .analysis import _maps_in
 
     gm = analysis.gm
     modules = dict(gm.named_modules())
-    group_of_element = torch.full((analysis.n_elements,), -1, dtype=torch.long)
-    for g in analysis.groups:
-        for u in g.units:
-            group_of_element[u.elements] = g.index
+    group_of_element = analysis.group_of_element
 
     def groups_in(ids) -> set[int]:
         ids = ids.reshape(-1)
@@ -69,8 +66,28 @@ def name_groups(analysis) -> None:
         i = g.index
         prod = "+".join(dict.fromkeys(op_kind(n, modules) for n in sorted(producers[i], key=order.get)))
         cons = "+".join(dict.fromkeys(op_kind(n, modules) for n in sorted(consumers[i], key=order.get)))
-        parts = [prod, *paths[i], cons, "output" if i in outputs else ""]
+        parts = [prod, *_compress(paths[i]), cons, "output" if i in outputs else ""]
         g.pattern = "-".join(p for p in parts if p)
+
+
+def _compress(ops: list[str]) -> list[str]:
+    """A block of ops repeated back to back as one item (a residual stream through n blocks):
+    a-b-c-b-c-b-c-d -> a-(b-c)x3-d. At each position the repetition covering the most ops wins."""
+    out, i = [], 0
+    while i < len(ops):
+        length, times = 1, 1
+        for n in range(1, (len(ops) - i) // 2 + 1):
+            k = 1
+            while ops[i + k * n: i + (k + 1) * n] == ops[i: i + n]:
+                k += 1
+            if k > 1 and n * k > length * times:
+                length, times = n, k
+        if times > 1:
+            out.append(f"({'-'.join(ops[i: i + length])})x{times}")
+        else:
+            out.append(ops[i])
+        i += length * times
+    return out
 
 
 # ops that only move channels around are left out of pattern names (flatten and cat stay: they
@@ -79,6 +96,7 @@ _LAYOUT = {"getitem", "contiguous", "identity", "view", "reshape", "transpose", 
            "expand_as", "split", "chunk", "unsqueeze", "squeeze", "to", "float", "clone", "detach"}
 
 
+@gc_paused
 def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> list[dict]:
     """The channel groups of ``model``, each with its pattern name, producers, width and whether it
     can be pruned (and if not, why). ``model`` is not modified.
@@ -94,7 +112,7 @@ def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs:
     gm, _ = capture(model)
     analysis = analyze(gm, normalize_inputs(example_inputs), prune_bias, prune_outputs)
     return [
-        {"pattern": g.pattern, "producers": [f"{s.owner}.{next(iter(s.tensors))}" for s in g.producers],
+        {"pattern": g.pattern, "producers": [s.fqn(next(iter(s.tensors))) for s in g.producers],
          "width": g.width, "prunable": sum(1 for u in g.units if u.blocked is None), "blocked": g.blocked}
         for g in analysis.groups
     ]

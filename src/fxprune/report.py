@@ -31,6 +31,16 @@ class Report:
     params_after: int = 0
     flops_before: int = 0
     flops_after: int = 0
+    #: parameters + buffers in bytes (numel * element_size; a tensor shared by several modules counts once)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    #: median forward time in milliseconds on the example inputs; None until measured
+    #: (:func:`fxprune.measure_latency`, :meth:`Report.measure_latency`, the CLI's ``prune``)
+    latency_before_ms: float | None = None
+    latency_after_ms: float | None = None
+    latency_runs: int | None = None
+    latency_device: str | None = None
+    latency_threads: int | None = None    # torch.get_num_threads() while timing
     max_abs_diff: float | None = 0.0   # None: not verified (prune(verify=False))
     rel_diff: float | None = 0.0
     prune_bias: bool = True
@@ -43,6 +53,17 @@ class Report:
         d["masks"] = {k: v.tolist() for k, v in self.masks.items()}
         d.pop("output_keeps")
         return d
+
+    def measure_latency(self, model, pruned, example_inputs, runs: int = 10, warmup: int = 2) -> "Report":
+        """Time ``model`` and ``pruned`` on ``example_inputs`` (median of ``runs`` forward passes each,
+        after ``warmup``, under no_grad, in the mode the models are in, buffers restored) and record it
+        in ``latency_before_ms`` / ``latency_after_ms``. Returns ``self``. See :func:`fxprune.measure_latency`."""
+        from .measure import time_pair
+        before, after, device = time_pair(model, pruned, example_inputs, runs, warmup)
+        self.latency_before_ms, self.latency_after_ms = before, after
+        self.latency_runs, self.latency_device = runs, device
+        self.latency_threads = torch.get_num_threads()
+        return self
 
     def compare(self, masked_out, pruned_out) -> float:
         """max |pruned - masked| / max(1, max |masked|) for outputs of the two models on any input."""
@@ -60,6 +81,17 @@ class Report:
             "",
             f"parameters: {self.params_before:,} -> {self.params_after:,} ({pct(self.params_before, self.params_after)})",
             f"FLOPs:      {self.flops_before:,} -> {self.flops_after:,} ({pct(self.flops_before, self.flops_after)})",
+        ]
+        if self.bytes_before:
+            lines.append(f"size:       {self.bytes_before:,} -> {self.bytes_after:,} bytes "
+                         f"({pct(self.bytes_before, self.bytes_after)}{_mb(self.bytes_before, self.bytes_after)})")
+        if self.latency_before_ms is not None and self.latency_after_ms is not None:
+            b, a = self.latency_before_ms, self.latency_after_ms
+            speed = f"{b / a:.2f}x faster" if a > 0 and b >= a else (f"{a / b:.2f}x slower" if b > 0 else "-")
+            threads = f", {self.latency_threads} threads" if self.latency_threads else ""
+            lines.append(f"latency:    {b:.3g} ms -> {a:.3g} ms ({speed}; {self.latency_device or 'cpu'}{threads}, "
+                         f"median of {self.latency_runs} runs on the example inputs)")
+        lines += [
             (f"max |pruned - masked| on the example inputs: {self.max_abs_diff:.3g} (relative {self.rel_diff:.3g})"
              if self.max_abs_diff is not None else "not verified (verify=False)"),
         ]
@@ -72,16 +104,29 @@ class Report:
         return "\n".join(lines)
 
 
+def _mb(before: int, after: int) -> str:
+    return f"; {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB" if before >= 1e6 else ""
+
+
+def model_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers: the sum of ``numel * element_size``; a tensor
+    reachable under several names (tied weights) counts once."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
 def build_report(plan, keeps, prune_bias: bool) -> Report:
     analysis = plan.analysis
+    consumers_of: dict[int, set[str]] = {}
+    for use in analysis.uses:
+        if use.site is not None:
+            for i in analysis.group_of_element[use.ids[use.ids >= 0]].unique().tolist():
+                consumers_of.setdefault(i, set()).add(use.site[0] or use.site[1].rpartition(":")[0])  # "": a get_attr weight
     groups = []
     for g in analysis.groups:
-        elements = {e for u in g.units for e in u.elements}
-        consumers = sorted({u.site[0] for u in analysis.uses if u.site is not None
-                            and not elements.isdisjoint(u.ids.unique().tolist())})
-        producers = [f"{s.owner}.{next(iter(s.tensors))}" for s in g.producers]
-        masked = sum(1 for u in g.units if bool(plan.masked[u.root]))
-        removed = sum(1 for u in g.units if bool(plan.removed[u.root]))
+        consumers = sorted(consumers_of.get(g.index, ()))
+        producers = [s.fqn(next(iter(s.tensors))) for s in g.producers]
+        roots = torch.tensor([u.root for u in g.units], dtype=torch.long)
+        masked, removed = int(plan.masked[roots].sum()), int(plan.removed[roots].sum())
         reasons = [plan.kept[u.root] for u in g.units if u.root in plan.kept]
         if removed:
             status, reason = "pruned", (f"{len(reasons)} masked units kept: {reasons[0]}" if reasons else None)

@@ -106,7 +106,9 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         folds = {s.role: fold.get(s.key) for s in sites}
         if all(bool(k.all()) for k in keep.values()) and all(f is None for f in folds.values()):
             continue
-        baked.set_submodule(owner, sites[0].rule.rewrite(module, keep, folds))
+        new_module = sites[0].rule.rewrite(module, keep, folds)
+        if new_module is not module:  # owner "" (get_attr weights of function ops) is sliced in place
+            baked.set_submodule(owner, new_module)
     ctx = RewriteContext(plan)
     for node in list(baked.graph.nodes):
         if node.graph is None:  # erased by an earlier rewrite_node

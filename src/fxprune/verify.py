@@ -26,8 +26,16 @@ class RecordingInterpreter(fx.Interpreter):
     def run_node(self, n):
         if n.name in self.names:
             args, _ = self.fetch_args_kwargs_from_env(n)
-            self.recorded[n.name] = args[0]
+            # a copy: an in-place op (relu_, +=) may change the tensor after this node read it
+            x = args[0]
+            self.recorded[n.name] = x.detach().clone() if isinstance(x, torch.Tensor) else x
         return super().run_node(n)
+
+
+def copies(inputs) -> tuple:
+    """The inputs with their tensors cloned: a model may modify its inputs in place (``relu_`` on x);
+    each run must see the same values, and the user's example inputs must stay as they were."""
+    return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in inputs)
 
 
 _DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d,

@@ -100,4 +100,4 @@ def is_leaf_type(module: nn.Module) -> bool:
 
 
 # Importing the op families registers their rules.
-from . import activation, attention, concat, elementwise, linear, norm, pooling, recurrent, shape  # noqa: E402,F401
+from . import activation, attention, concat, elementwise, linear, norm, pointwise, pooling, recurrent, shape  # noqa: E402,F401,I001

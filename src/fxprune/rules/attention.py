@@ -61,9 +61,12 @@ class MatmulRule(Rule):
             carry = torch.where(zero, ZERO, VARY).to(torch.int8)
             return ChannelMap((h,), rep_a, carry, nd)
         if ma.dims == (h,) and set(mb.dims) == {h, n_b}:
-            # attn @ v: the output holds v's channels; a pruned head's output is 0
-            carry = torch.where(zero.unsqueeze(1) | (mb.carry.movedim(mb.dims.index(h), 0) == ZERO),
-                                ZERO, VARY).to(torch.int8)
+            # attn @ v: the output holds v's channels; a pruned head's output is 0, and a constant
+            # v channel stays that constant when attn's rows sum to 1 (softmax over the keys)
+            v_carry = mb.carry.movedim(mb.dims.index(h), 0)
+            stochastic = ma.sums_to_one == k_a
+            carry = torch.where(zero.unsqueeze(1) | (v_carry == ZERO), ZERO,
+                                torch.where((v_carry == CONST) & stochastic, CONST, VARY)).to(torch.int8)
             carry = carry.movedim(0, mb.dims.index(h))
             return mb.with_carry(carry)
         raise Unsupported("matmul layout other than attention's q @ k^T or attn @ v")
@@ -84,6 +87,10 @@ class RowwiseRule(Rule):
         if "masked_fill" not in name and ctx.module is None or isinstance(ctx.module, (nn.Softmax, nn.LogSoftmax)):
             if dim is None or (dim % cmap.ndim) in cmap.dims:
                 raise Unsupported("softmax over a channel dim")
+            is_log = isinstance(ctx.module, nn.LogSoftmax) if ctx.module is not None else "log" in name
+            if not is_log:
+                out = cmap.map_carry(VARY, VARY)
+                return ChannelMap(out.dims, out.ids, out.carry, out.ndim, dim % cmap.ndim)
         return cmap.map_carry(VARY, VARY)
 
     def rewrite(self, m, keep, fold):
@@ -115,7 +122,10 @@ class SDPARule(Rule):
         if isinstance(mask, torch.Tensor) and mask.dim() >= 3 and mask.shape[-3] > 1:
             raise Unsupported("a per-head attention mask")
         v = maps[2]
-        return v.with_carry(torch.where(v.carry == ZERO, ZERO, VARY).to(torch.int8))
+        # softmax rows sum to 1: a constant v channel comes out as that constant (without dropout)
+        const = CONST if ctx.arg(4, "dropout_p", 0.0) == 0 else VARY
+        return v.with_carry(torch.where(v.carry == ZERO, ZERO, torch.where(v.carry == CONST, const, VARY))
+                            .to(torch.int8))
 
 
 class PrunedMultiheadAttention(nn.Module):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..channels import VARY, ChannelMap, ParamView
+from ..channels import CONST, VARY, ChannelMap, ParamView
 from . import Rule, Unsupported, register
 
 
@@ -104,3 +104,62 @@ def _piece_sizes(node, n):
     if isinstance(how, int):
         return [min(how, n - i) for i in range(0, n, how)]
     return list(how)
+
+
+@register(torch.unbind, "unbind")
+class UnbindRule(Rule):
+    """Pieces of a tensor along ``dim``. Along a dim without channels every piece holds the tensor's
+    channels. Along one of several channel dims (``qkv.view(b, t, 3, c).unbind(2)``) piece i holds
+    slice i of the map; a piece cannot disappear, so the slices are pruned alike (position j of every
+    piece together). Along the only channel dim each piece is one channel: a barrier, as removing a
+    channel would remove an output of the op and every op that reads it."""
+
+    def flow(self, ctx):
+        cmap = ctx.arg_map(0, "input")
+        if not isinstance(cmap, ChannelMap):
+            return None
+        dim = _dim(ctx, 1) % cmap.ndim
+        n = len(ctx.out)
+        if dim not in cmap.dims:
+            piece = cmap.drop_dim(dim, 0)
+            return tuple(piece for _ in range(n))
+        if len(cmap.dims) == 1:
+            raise Unsupported("unbind along the channel dim: each piece is one channel")
+        pieces = [cmap.drop_dim(dim, i) for i in range(n)]
+        for p in pieces[1:]:
+            ctx.union(pieces[0], p)
+        return tuple(pieces)
+
+
+@register(torch.stack)
+class StackRule(Rule):
+    """Stacking along a new dim: the inputs' channels are the same channels (coupled, as torch.cat along
+    a dim without channels), and sit on the same dims of the result, shifted past the new dim."""
+
+    def flow(self, ctx):
+        tensors = ctx.arg(0, "tensors")
+        raw = list(ctx.arg_map(0, "tensors") or [])
+        maps = [m if isinstance(m, ChannelMap) else None for m in raw]
+        labeled = [m for m in maps if m is not None]
+        if not labeled:
+            return None
+        dim = _dim(ctx, 1) % ctx.out.dim()
+        first = labeled[0]
+        for m in labeled[1:]:
+            if m.dims != first.dims or m.shape != first.shape:
+                raise Unsupported("stacked tensors hold channels on different dims")
+            ctx.union(first, m)
+        carry = torch.stack([m.carry for m in labeled]).amax(0)
+        if len(tensors) > 1:  # a pruned channel's constants (one per input) differ along the new dim
+            carry = torch.where(carry == CONST, VARY, carry).to(torch.int8)
+        for m, t in zip(raw, tensors):
+            if isinstance(m, ChannelMap):
+                continue
+            if isinstance(m, ParamView):  # a parameter stacked with channels is sliced with them
+                for d in first.dims:
+                    ctx.param_member(m, d, first, zeroed=True)
+                if not ctx.prune_bias:
+                    carry = torch.full_like(carry, VARY)
+            elif any(t.shape[d] > 1 for d in first.dims):
+                carry = torch.full_like(carry, VARY)  # an input without tracked channels spans them
+        return first.with_carry(carry).insert_dim(dim)

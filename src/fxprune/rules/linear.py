@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import weakref
 
 import torch
 import torch.nn as nn
@@ -181,3 +182,316 @@ class ConvTransposeRule(Rule):
         new = _conv_like(m, w, None if m.bias is None else m.bias.detach()[keep_out])
         new.in_channels, new.out_channels = int(keep_in.sum()), int(keep_out.sum())
         return new
+
+
+# -- function ops on get_attr weights: F.linear, F.conv1d/2d/3d, F.embedding -----------------------------
+# Graphs written by other fx passes (or by hand) call the functional op on parameters read with get_attr.
+# The weight's output rows are produced channels, its input columns consume channels, as for the modules.
+# Their sites belong to the GraphModule itself (owner ""), their tensors named by fqn ("w", "sub.weight"),
+# so masks are keyed like the weight; the masked model multiplies the get_attr weight by its keep mask and
+# the rewrite slices the parameters of the GraphModule in place.
+
+def _channels(value):
+    """A ChannelMap argument, or None (a parameter's view, a non-tensor)."""
+    return value if isinstance(value, ChannelMap) else None
+
+
+def _arg_node(node, i: int, name: str):
+    return node.args[i] if i < len(node.args) else node.kwargs.get(name)
+
+
+def _get_attr_target(node, i: int, name: str) -> str | None:
+    """The fqn of argument i when it is a get_attr node (a parameter or buffer read as a whole)."""
+    a = _arg_node(node, i, name)
+    return a.target if getattr(a, "op", None) == "get_attr" else None
+
+
+_HELD: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # flow -> _module_tensors (once per analysis)
+
+
+def _module_tensors(gm) -> set[int]:
+    """ids of the tensors of modules the graph calls (their weights are read inside the call)."""
+    out: set[int] = set()
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            out.update(id(t) for t in (*m.parameters(), *m.buffers()))
+    return out
+
+
+def _sole_user(ctx, fqns: list[str]) -> None:
+    """The tensors ``fqns`` may be sliced only if every reader agrees on how: each get_attr of them feeds
+    this op only, called with the same arguments (the input apart), and no module holds them."""
+    from ..capture import attr
+    gm = ctx.flow.module
+    node = ctx.node
+    held = _HELD.get(ctx.flow)
+    if held is None:
+        held = _HELD[ctx.flow] = _module_tensors(gm)
+    for fqn in fqns:
+        if id(attr(gm, fqn)) in held:
+            raise Unsupported(f"{fqn} is also used by a module the graph calls")
+        for n in gm.graph.nodes:
+            if n.op != "get_attr" or n.target != fqn:
+                continue
+            for u in n.users:
+                same = (u.op == node.op and u.target == node.target and u.args[1:] == node.args[1:]
+                        and u.kwargs == node.kwargs and u.args[:1] != (n,))
+                if not same:
+                    raise Unsupported(f"{fqn} is also read by {u.name}")
+
+
+def _zero_rows(ctx, tensors: dict[str, int], n: int) -> torch.Tensor:
+    """Per row (along each tensor's axis): zero in every tensor (dead-channel mode)."""
+    from ..capture import attr
+    zero = torch.ones(n, dtype=torch.bool)
+    for fqn, axis in tensors.items():
+        t = attr(ctx.flow.module, fqn).detach().movedim(axis, 0).reshape(n, -1)
+        zero &= (t == 0).all(1)
+    return zero
+
+
+def _carry_of(ctx, tensors: dict[str, int], n: int, default: int) -> torch.Tensor | int:
+    """What a pruned produced channel holds: ``default``; in dead-channel mode ZERO where its rows are
+    zero, else VARY."""
+    if not ctx.flow.dead:
+        return default
+    return torch.where(_zero_rows(ctx, tensors, n), ZERO, VARY).to(torch.int8)
+
+
+def _set_tensor(root, fqn: str, value: torch.Tensor) -> None:
+    from ..capture import owner_of
+    holder, leaf = owner_of(root, fqn)
+    old = getattr(holder, leaf)
+    if isinstance(old, nn.Parameter):
+        setattr(holder, leaf, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
+    else:
+        holder.register_buffer(leaf, value.clone(), persistent=leaf not in holder._non_persistent_buffers_set)
+
+
+class GetAttrWeightRule(Rule):
+    """Base of the function ops on get_attr weights. Sites: ``("", "<fqn>:out")`` (rows produced),
+    ``("", "<fqn>:in")`` (columns consumed). ``rewrite`` is called once with the GraphModule and every
+    such role (of any of these ops), and slices each weight by the rule of the op that reads it."""
+
+    WEIGHT, BIAS = (1, "weight"), (2, "bias")
+
+    def weights(self, ctx):
+        """(weight fqn, bias fqn or None), or None when the weight is no get_attr tensor."""
+        w = _get_attr_target(ctx.node, *self.WEIGHT)
+        if w is None:
+            return None
+        b = None
+        if self.BIAS is not None and ctx.arg(*self.BIAS) is not None:
+            b = _get_attr_target(ctx.node, *self.BIAS)
+            if b is None:
+                raise Unsupported("a bias that is not a get_attr tensor")
+        _sole_user(ctx, [w] + ([b] if b else []))
+        ctx.site_owner = ""  # the sites belong to the GraphModule, named by the tensors' fqns
+        return w, b
+
+    def rewrite(self, root, keep, fold):
+        from . import call_rule
+        from ..capture import attr
+        by_fqn: dict[str, dict] = {}
+        for role, k in keep.items():
+            fqn, _, side = role.rpartition(":")
+            by_fqn.setdefault(fqn, {})[side] = k
+        for fqn, k in by_fqn.items():
+            users = [u for n in root.graph.nodes if n.op == "get_attr" and n.target == fqn for u in n.users]
+            rule = call_rule(users[0].target)
+            rule.rewrite_weight(root, users, fqn, attr(root, fqn).detach(), k.get("out"), k.get("in"),
+                                fold.get(f"{fqn}:in"))
+        return root
+
+    def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in) -> None:
+        raise NotImplementedError
+
+    def _bias(self, nodes) -> str | None:
+        """The fqn of the bias the op nodes read (the same for all of them, see _sole_user)."""
+        return _get_attr_target(nodes[0], *self.BIAS) if self.BIAS is not None else None
+
+    def _write_bias(self, root, nodes, fqn, bias: torch.Tensor | None, b_fqn: str | None) -> None:
+        """Store the new bias; a bias made by folding constants gets a parameter next to the weight and
+        every op node reads it."""
+        from ..capture import owner_of
+        if bias is None:
+            return
+        if b_fqn is not None:
+            _set_tensor(root, b_fqn, bias)
+            return
+        holder, leaf = owner_of(root, fqn)
+        name = f"{leaf}_folded_bias"
+        holder.register_parameter(name, nn.Parameter(bias.clone()))
+        target = f"{fqn.rpartition('.')[0]}.{name}" if "." in fqn else name
+        i, key = self.BIAS
+        for n in nodes:
+            with root.graph.inserting_before(n):
+                g = root.graph.get_attr(target)
+            if i < len(n.args) or key not in n.kwargs and len(n.args) == i:
+                args = list(n.args) + [None] * (i + 1 - len(n.args))
+                args[i] = g
+                n.args = tuple(args)
+            else:
+                n.kwargs = {**n.kwargs, key: g}
+
+
+@register(torch.nn.functional.linear)
+class FunctionalLinearRule(GetAttrWeightRule):
+    """F.linear(x, w, b) with get_attr w (out, in) and b: rows produced, columns consumed (constants of
+    removed input channels fold into b, created if needed)."""
+
+    def flow(self, ctx):
+        x = _channels(ctx.arg_map(0, "input"))
+        W = ctx.arg(1, "weight")
+        names = self.weights(ctx)
+        if names is None or W.dim() != 2:
+            if isinstance(x, ChannelMap):
+                raise Unsupported("a weight that is not a 2-d get_attr tensor")
+            return None
+        w, b = names
+        ctx.consume(f"{w}:in", x, dim=-1, fold=True)
+        ids = ctx.produce(f"{w}:out", W.shape[0], {w: 1}, {b: 1} if b else {})
+        default = ZERO if (b is None or ctx.prune_bias) else CONST
+        carry = _carry_of(ctx, {w: 0, **({b: 0} if b else {})}, W.shape[0], default)
+        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, carry)
+
+    def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
+        from ..capture import attr
+        keep_out = keep_out if keep_out is not None else torch.ones(w.shape[0], dtype=torch.bool)
+        keep_in = keep_in if keep_in is not None else torch.ones(w.shape[1], dtype=torch.bool)
+        b_fqn = self._bias(nodes)
+        bias = None if b_fqn is None else attr(root, b_fqn).detach().clone()
+        if fold_in is not None:
+            delta = w[:, ~keep_in] @ fold_in[~keep_in].to(w.dtype)
+            bias = delta if bias is None else bias + delta
+        _set_tensor(root, fqn, w[keep_out][:, keep_in])
+        self._write_bias(root, nodes, fqn, None if bias is None else bias[keep_out], b_fqn)
+
+
+def _conv_zero_padded(padding, kernel) -> bool:
+    if isinstance(padding, str):
+        return padding == "same" and any(k > 1 for k in kernel)
+    pads = padding if isinstance(padding, (tuple, list)) else (padding,)
+    return any(int(p) > 0 for p in pads)
+
+
+@register(torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)
+class FunctionalConvRule(GetAttrWeightRule):
+    """F.conv1d/2d/3d(x, w, b, stride, padding, dilation, groups) with get_attr w and b, as nn.ConvNd:
+    groups == 1 produces rows and consumes columns; grouped convs prune channel j of every group
+    together; depthwise convs (groups == input channels) pass channels through with their filters and
+    biases as members, and ``groups`` is rewritten to the kept width."""
+
+    def flow(self, ctx):
+        x = _channels(ctx.arg_map(0, "input"))
+        W = ctx.arg(1, "weight")
+        names = self.weights(ctx)
+        if names is None:
+            if isinstance(x, ChannelMap):
+                raise Unsupported("a weight that is not a get_attr tensor")
+            return None
+        w, b = names
+        nd = ctx.out.dim()
+        cdim = 1 if nd == W.dim() else 0
+        g = ctx.arg(6, "groups", 1)
+        if g > 1 and not isinstance(_arg_node(ctx.node, 6, "groups"), int):
+            raise Unsupported("grouped convolution whose groups is not a literal")
+        c_in = ctx.arg(0, "input").shape[cdim]
+        zp = _conv_zero_padded(ctx.arg(4, "padding", 0), W.shape[2:])
+        if g > 1 and g == c_in:
+            return self._depthwise(ctx, x, w, b, W, cdim, zp)
+        if x is not None and g > 1:
+            if x.dims != (cdim,):
+                raise Unsupported("grouped convolution over channels spread on several dims")
+            per = x.ids.reshape(g, -1)
+            for G in range(1, g):
+                ctx.union_ids(per[0], per[G])
+        ctx.consume(f"{w}:in", x, dim=cdim, fold=not zp)
+        ids = ctx.produce(f"{w}:out", W.shape[0], {w: 1}, {b: 1} if b else {})
+        if g > 1:
+            per = ids.reshape(g, -1)
+            for G in range(1, g):
+                ctx.union_ids(per[0], per[G])
+        default = ZERO if (b is None or ctx.prune_bias) else CONST
+        carry = _carry_of(ctx, {w: 0, **({b: 0} if b else {})}, W.shape[0], default)
+        return ChannelMap.on_dim(cdim, nd, ids, carry)
+
+    def _depthwise(self, ctx, x, w, b, W, cdim, zp):
+        if x is None:
+            return None
+        if x.dims != (cdim,):
+            raise Unsupported("depthwise convolution over channels spread on several dims")
+        mult = W.shape[0] // x.ids.numel()
+        rows = ChannelMap.on_dim(0, 1, x.ids.repeat_interleave(mult), x.carry.repeat_interleave(mult))
+        ctx.param_member(ctx.arg_map(1, "weight"), 0, rows, zeroed=True)
+        if b is not None:
+            ctx.param_member(ctx.arg_map(2, "bias"), 0, rows, zeroed=True)
+        out = rows.map_carry(CONST if b is not None else ZERO, VARY if zp else CONST)
+        if ctx.flow.dead:
+            zero = _zero_rows(ctx, {w: 0, **({b: 0} if b else {})}, W.shape[0])
+            out = out.with_carry(torch.where(zero, ZERO, out.carry).to(torch.int8))
+        elif ctx.prune_bias:  # filters and biases of pruned channels are masked: they output 0
+            out = out.with_carry(ZERO)
+        return ChannelMap.on_dim(cdim, ctx.out.dim(), out.ids, out.carry)
+
+    def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
+        from ..capture import attr
+        keep_out = keep_out if keep_out is not None else torch.ones(w.shape[0], dtype=torch.bool)
+        g = _arg_node(nodes[0], 6, "groups") or 1
+        keep_in = keep_in if keep_in is not None else torch.ones(w.shape[1] * g, dtype=torch.bool)
+        per_group = keep_in.reshape(g, -1)
+        if not bool((per_group == per_group[0]).all()):
+            raise AssertionError("grouped conv: groups keep different input channels")
+        b_fqn = self._bias(nodes)
+        bias = None if b_fqn is None else attr(root, b_fqn).detach().clone()
+        if fold_in is not None:
+            cin = fold_in.reshape(g, -1)
+            wsum = w.flatten(2).sum(2).reshape(g, -1, w.shape[1])          # (g, out/g, in/g)
+            removed = ~per_group[0]
+            delta = torch.einsum("goi,gi->go", wsum[:, :, removed], cin[:, removed].to(w.dtype)).reshape(-1)
+            bias = delta if bias is None else bias + delta
+        _set_tensor(root, fqn, w[keep_out][:, per_group[0]])
+        self._write_bias(root, nodes, fqn, None if bias is None else bias[keep_out], b_fqn)
+
+    def rewrite_node(self, node, ctx):
+        """A depthwise conv's literal ``groups`` becomes the kept width."""
+        g = _arg_node(node, 6, "groups")
+        src, weight = node.args[0], _arg_node(node, 1, "weight")
+        old = ctx.old_shape(src)
+        if not isinstance(g, int) or g == 1 or old is None or ctx.old_shape(weight) is None:
+            return
+        cdim = 1 if len(old) == len(ctx.old_shape(weight)) else 0
+        if old[cdim] != g:
+            return
+        new = ctx.new_sizes(src)[cdim]
+        if new != g:
+            if len(node.args) > 6:
+                node.args = (*node.args[:6], new, *node.args[7:])
+            else:
+                node.kwargs = {**node.kwargs, "groups": new}
+
+
+@register(torch.nn.functional.embedding)
+class FunctionalEmbeddingRule(GetAttrWeightRule):
+    """F.embedding(idx, w) with a get_attr table w (num, dim): its columns are produced channels."""
+
+    BIAS = None
+
+    def flow(self, ctx):
+        x = ctx.arg_map(0, "input")
+        W = ctx.arg(1, "weight")
+        if isinstance(x, ChannelMap):
+            raise Unsupported("indices that carry channels")
+        if ctx.arg(3, "max_norm") is not None:
+            raise Unsupported("max_norm renormalises rows over all channels")
+        names = self.weights(ctx)
+        if names is None:
+            return None
+        w, _ = names
+        ids = ctx.produce(f"{w}:out", W.shape[1], {w: 1}, axes={w: 1})
+        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, _carry_of(ctx, {w: 1}, W.shape[1], ZERO))
+
+    def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
+        if keep_out is not None:
+            _set_tensor(root, fqn, w[:, keep_out])

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, VARY, ZERO
+from ..channels import CONST, VARY, ZERO, ChannelMap
 from . import Rule, Unsupported, register
 
 
@@ -160,9 +160,9 @@ class GroupNormRule(Rule):
             ctx.union_ids(per[g, :1].expand(per.shape[1]), per[g])
         params = tuple(p for p in ("weight", "bias") if getattr(m, p, None) is not None)
         ctx.member("channels", cmap, params, zeroed=params)
-        # a constant group normalises to 0, then holds its shift
-        c = CONST if m.affine else ZERO
-        return ctx.affine_carry(cmap, params, cmap.map_carry(c, c))
+        # a zero group normalises to 0, then holds its shift; a group of constants (one per channel, not
+        # all equal) normalises to constants, not to 0
+        return ctx.affine_carry(cmap, params, cmap.map_carry(CONST if m.affine else ZERO, CONST))
 
     def rewrite(self, m, keep, fold):
         k = keep["channels"]
@@ -239,3 +239,102 @@ class FunctionalLayerNormRule(Rule):
             new = ctx.new_sizes(node.args[0])
             if new is not None and new[-1] != shape[-1]:
                 node.args = (node.args[0], (new[-1],), *node.args[2:])
+
+
+def _get_attr_params(ctx, names: dict[int, str]) -> dict:
+    """{name: ParamView} of the per-channel tensors given (argument index -> name); each must be a
+    1-d get_attr tensor."""
+    from ..channels import ParamView
+    from .linear import _sole_user
+    out = {}
+    for i, name in names.items():
+        if ctx.arg(i, name) is None:
+            continue
+        pv = ctx.arg_map(i, name)
+        if not isinstance(pv, ParamView) or pv.ndim != 1:
+            raise Unsupported(f"{name} that is not a 1-d get_attr tensor")
+        out[name] = pv
+    _sole_user(ctx, [pv.target for pv in out.values()])  # sliced: no other op may read them
+    return out
+
+
+def _functional_affine(ctx, cmap, norm, params: dict):
+    """Carry after ``norm * weight + bias`` (per-channel get_attr ``params``): with ``prune_bias`` they are
+    masked, so a pruned channel with a weight is 0; in dead-channel mode, channels whose weight and bias
+    are zero are 0."""
+    from ..capture import attr
+    w, b = "weight" in params, "bias" in params
+    if ctx.prune_bias and w:
+        return cmap.with_carry(ZERO)
+    carry = norm.carry
+    if b and not ctx.prune_bias:  # the shift of a pruned channel
+        carry = torch.where(carry == ZERO, torch.tensor(CONST, dtype=torch.int8), carry)
+    if ctx.flow.dead and w:
+        zero = attr(ctx.flow.module, params["weight"].target).detach() == 0
+        if b:
+            zero &= attr(ctx.flow.module, params["bias"].target).detach() == 0
+        carry = torch.where(zero, torch.tensor(ZERO, dtype=torch.int8), carry)
+    return cmap.with_carry(carry.to(torch.int8))
+
+
+@register(F.batch_norm, F.instance_norm)
+class FunctionalChannelNormRule(Rule):
+    """F.batch_norm(x, running_mean, running_var, weight, bias, training, ...) and
+    F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, ...) on get_attr
+    tensors, as the modules: channels on dim 1, the statistics and affine parameters are members of the
+    channel's group (sliced on rewrite); with ``prune_bias`` weight and bias are masked too."""
+
+    PARAMS = {1: "running_mean", 2: "running_var", 3: "weight", 4: "bias"}
+
+    def flow(self, ctx):
+        cmap = ctx.arg_map(0, "input")
+        if not isinstance(cmap, ChannelMap):
+            return None
+        if cmap.dims != (1,):
+            raise Unsupported("channels on a dim other than the normalised channel dim")
+        params = _get_attr_params(ctx, self.PARAMS)
+        for name, pv in params.items():
+            ctx.param_member(pv, 0, cmap, zeroed=name in ("weight", "bias"))
+        if ctx.node.target is F.batch_norm:
+            batch_stats = bool(ctx.arg(5, "training", False)) or "running_mean" not in params
+        else:
+            batch_stats = bool(ctx.arg(5, "use_input_stats", True)) or "running_mean" not in params
+        # statistics of the batch (instance) normalise a constant channel to 0; running ones keep it constant
+        norm = cmap.map_carry(ZERO, ZERO) if batch_stats else cmap.map_carry(CONST, CONST)
+        return _functional_affine(ctx, cmap, norm, params)
+
+
+@register(F.group_norm)
+class FunctionalGroupNormRule(Rule):
+    """F.group_norm(x, num_groups, weight, bias, eps) on get_attr tensors, as nn.GroupNorm: whole norm
+    groups are pruned, ``num_groups`` is rewritten to the kept count."""
+
+    def flow(self, ctx):
+        cmap = ctx.arg_map(0, "input")
+        if not isinstance(cmap, ChannelMap):
+            return None
+        if cmap.dims != (1,):
+            raise Unsupported("channels on a dim other than dim 1")
+        groups = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("num_groups")
+        if not isinstance(groups, int):
+            raise Unsupported("num_groups that is not a literal")
+        per = cmap.ids.reshape(groups, -1)
+        for g in range(groups):
+            ctx.union_ids(per[g, :1].expand(per.shape[1]), per[g])
+        params = _get_attr_params(ctx, {2: "weight", 3: "bias"})
+        for pv in params.values():
+            ctx.param_member(pv, 0, cmap, zeroed=True)
+        # a pruned group is all zero (normalised: 0) or holds constants (normalised: constants)
+        return _functional_affine(ctx, cmap, cmap.map_carry(ZERO, CONST), params)
+
+    def rewrite_node(self, node, ctx):
+        groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
+        old = ctx.old_shape(node.args[0])
+        new = ctx.new_sizes(node.args[0])
+        if not isinstance(groups, int) or old is None or new is None or new[1] == old[1]:
+            return
+        kept = new[1] // (old[1] // groups)
+        if len(node.args) > 1:
+            node.args = (node.args[0], kept, *node.args[2:])
+        else:
+            node.kwargs = {**node.kwargs, "num_groups": kept}

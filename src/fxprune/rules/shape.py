@@ -283,3 +283,69 @@ class NoChannelsRule(Rule):
             if user.op == "call_function" and user.target is operator.getitem and isinstance(user.args[1], int) \
                     and user.args[1] % len(old) in changed:
                 ctx.replace_with_constant(user, old[user.args[1]])
+
+
+@register(nn.PixelShuffle, F.pixel_shuffle)
+class PixelShuffleRule(Rule):
+    """(C * r * r, H, W) -> (C, H * r, W * r): output channel c is made of the r * r input channels
+    c * r * r ... c * r * r + r * r - 1, which are pruned together (whole blocks). A block of zero channels
+    gives a zero channel; constants (one per input channel) give an r x r pattern, not one constant."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        r = ctx.module.upscale_factor if ctx.module is not None else ctx.arg(1, "upscale_factor")
+        cdim = cmap.ndim - 3
+        if cmap.dims != (cdim,):
+            raise Unsupported("channels on a dim other than the one shuffled into space")
+        blocks = cmap.ids.reshape(-1, r * r)
+        for k in range(1, r * r):
+            ctx.union_ids(blocks[:, 0], blocks[:, k])
+        zero = (cmap.carry.reshape(-1, r * r) == 0).all(1)
+        carry = torch.where(zero, 0, VARY).to(torch.int8)
+        return ChannelMap.on_dim(cdim, ctx.out.dim(), blocks[:, 0].clone(), carry)
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+
+@register(nn.PixelUnshuffle, F.pixel_unshuffle)
+class PixelUnshuffleRule(Rule):
+    """(C, H * r, W * r) -> (C * r * r, H, W): input channel c becomes the r * r output channels
+    c * r * r ... , which hold its values (a constant channel gives r * r times that constant)."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        r = ctx.module.downscale_factor if ctx.module is not None else ctx.arg(1, "downscale_factor")
+        cdim = cmap.ndim - 3
+        if cmap.dims != (cdim,):
+            raise Unsupported("channels on a dim other than the one space is shuffled into")
+        return ChannelMap.on_dim(cdim, ctx.out.dim(), cmap.ids.repeat_interleave(r * r),
+                                 cmap.carry.repeat_interleave(r * r))
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+
+@register(nn.ChannelShuffle, F.channel_shuffle)
+class ChannelShuffleRule(Rule):
+    """(N, g * k, ...) viewed as (g, k), transposed to (k, g): channel j of every group is pruned together,
+    so each group keeps the same positions and the shuffle of the kept channels is the masked one's."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        g = ctx.module.groups if ctx.module is not None else ctx.arg(1, "groups")
+        if cmap.dims != (1,):
+            raise Unsupported("channels on a dim other than dim 1")
+        per = cmap.ids.reshape(g, -1)
+        for G in range(1, g):
+            ctx.union_ids(per[0], per[G])
+        return ChannelMap.on_dim(1, cmap.ndim, per.t().reshape(-1), cmap.carry.reshape(g, -1).t().reshape(-1))
+
+    def rewrite(self, m, keep, fold):
+        return m
