@@ -152,3 +152,21 @@ def test_a_module_weight_also_read_by_the_graph_keeps_its_channels():
     assert any("fc.weight is also read directly" in why for _, why in report.barriers)
     assert report.params_after == report.params_before
     assert_pruned_equals_masked(model, (x,), pruned)
+
+
+def test_cat_along_a_non_channel_dim_of_different_constants():
+    """cat([a(x), b(x)], dim=3): a pruned channel holds a's bias in one half and b's in the other,
+    which is no single constant for c to fold (prune_bias=False keeps it)."""
+    class CatW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([self.a(x), self.b(x)], dim=3))
+
+    model, x = CatW().eval(), torch.randn(2, 3, 4, 4)
+    for prune_bias in (True, False):
+        pruned = fxprune.prune(model, (x,), sparsity=0.5, prune_bias=prune_bias)
+        assert (pruned.meta["fxprune"].params_after < pruned.meta["fxprune"].params_before) == prune_bias
+        assert_pruned_equals_masked(model, (x,), pruned)

@@ -37,6 +37,8 @@ class CatRule(Rule):
                 raise Unsupported("concatenated tensors hold channels on different dims")
             ctx.union(first, m)
         carry = torch.stack([m.carry for m in labeled]).amax(0)
+        if len(labeled) > 1:  # each input's constant fills its own part of the cat dim: not one constant
+            carry = torch.where(carry == CONST, VARY, carry)
         for m, t in zip(raw, tensors):
             if m is None or isinstance(m, ChannelMap):
                 if m is None and any(t.shape[d] > 1 for d in first.dims):
