@@ -11,8 +11,7 @@ sparsity 0.5 with the default l1 criterion. Writes, for each picture, ``.svg`` a
 - ``resnet_widths``: channels per layer before and after (``fxprune.plot_widths``);
 - ``gpt_groups``: nanoGPT's groups (embedding width, attention heads, MLP widths);
 - ``gpt_attention``: a one-block nanoGPT with its attention opened: q @ kᵀ, softmax, @ v per head;
-- ``convnext_barriers``: ConvNeXt, whose hand-written channels-first LayerNorm stops the stem group;
-- ``unet_barriers``: UNet, whose ``F.pad`` of the upsampled maps is a barrier (no rule yet).
+- ``convnext_barriers``: ConvNeXt, whose hand-written channels-first LayerNorm stops the stem group.
 """
 from __future__ import annotations
 
@@ -83,8 +82,6 @@ def main(argv=None) -> int:
     more, _, _ = _prune("gpt_one_layer", {"gpt_attention": {"expand": ("transformer.h.0.attn",)}})
     texts.update(more)
     more, _, _ = _prune("convnext", {"convnext_barriers": {}})
-    texts.update(more)
-    more, _, _ = _prune("unet", {"unet_barriers": {}})
     texts.update(more)
     for pic, text in texts.items():
         written += _write(args.out, pic, text)

@@ -449,7 +449,7 @@ class Analysis:
             if ids.numel() == 0:
                 continue
             reason = use.what
-            if use.ok_zero and use.ok_const:
+            if use.ok_zero and (use.ok_const or bool((carry[bad] == VARY).any())):
                 reason = f"input-dependent values reach {use.node.name} ({use.what})"
             elif use.ok_zero:
                 reason = (f"constant channels cannot be folded into {use.node.name} ({use.what}); "

@@ -72,18 +72,10 @@ class ConvRule(Rule):
         g = m.groups
         if g > 1 and g == m.in_channels:
             return self._depthwise(ctx, x, cdim)
-        if x is not None and g > 1:
-            if x.dims != (cdim,):
-                raise Unsupported("grouped convolution over channels spread on several dims")
-            per = x.ids.reshape(g, -1)
-            for G in range(1, g):
-                ctx.union_ids(per[0], per[G])
+        _couple_groups(ctx, x, g, cdim)
         ctx.consume("in", x, dim=cdim, fold=not zero_padded(m))
         ids = ctx.produce("out", m.out_channels, {"weight": 1}, _bias_roles(m))
-        if g > 1:
-            per = ids.reshape(g, -1)
-            for G in range(1, g):
-                ctx.union_ids(per[0], per[G])
+        _couple_groups(ctx, ChannelMap.on_dim(cdim, nd, ids, ZERO), g, cdim)
         return ChannelMap.on_dim(cdim, nd, ids, ctx.producer_carry("out", _producer_carry(m, ctx.prune_bias)))
 
     def _depthwise(self, ctx, x, cdim):
@@ -126,6 +118,17 @@ class ConvRule(Rule):
         new = _conv_like(m, w[keep_out][:, per_group[0]], None if bias is None else bias[keep_out])
         new.in_channels, new.out_channels = int(keep_in.sum()), int(keep_out.sum())
         return new
+
+
+def _couple_groups(ctx, cmap, groups: int, cdim: int) -> None:
+    """A grouped convolution keeps equal widths per group: channel j of every group goes together."""
+    if cmap is None or groups == 1:
+        return
+    if cmap.dims != (cdim,):
+        raise Unsupported("grouped convolution over channels spread on several dims")
+    per = cmap.ids.reshape(groups, -1)
+    for k in range(1, groups):
+        ctx.union_ids(per[0], per[k])
 
 
 def _conv_like(m, weight, bias):
@@ -401,18 +404,10 @@ class FunctionalConvRule(GetAttrWeightRule):
         zp = _conv_zero_padded(ctx.arg(4, "padding", 0), W.shape[2:])
         if g > 1 and g == c_in:
             return self._depthwise(ctx, x, w, b, W, cdim, zp)
-        if x is not None and g > 1:
-            if x.dims != (cdim,):
-                raise Unsupported("grouped convolution over channels spread on several dims")
-            per = x.ids.reshape(g, -1)
-            for G in range(1, g):
-                ctx.union_ids(per[0], per[G])
+        _couple_groups(ctx, x, g, cdim)
         ctx.consume(f"{w}:in", x, dim=cdim, fold=not zp)
         ids = ctx.produce(f"{w}:out", W.shape[0], {w: 1}, {b: 1} if b else {})
-        if g > 1:
-            per = ids.reshape(g, -1)
-            for G in range(1, g):
-                ctx.union_ids(per[0], per[G])
+        _couple_groups(ctx, ChannelMap.on_dim(cdim, ctx.out.dim(), ids, ZERO), g, cdim)
         default = ZERO if (b is None or ctx.prune_bias) else CONST
         carry = _carry_of(ctx, {w: 0, **({b: 0} if b else {})}, W.shape[0], default)
         return ChannelMap.on_dim(cdim, nd, ids, carry)
