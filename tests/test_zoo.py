@@ -294,6 +294,39 @@ class _DenseBlockNet(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
+def test_tcn_by_hand():
+    """locuslab TCN, Conv1d: channels (16, 32, 32), kernel 3, inputs 4, 10 classes."""
+    factory, inputs = ZOO_BY_NAME["tcn"]
+    model, x = factory(), inputs()
+
+    def block(cin, c, down):  # conv1 + bn1 + conv2 + bn2 (+ 1x1 downsample with bias)
+        return (cin * c * 3 + c) + 2 * c + (c * c * 3 + c) + 2 * c + ((cin * c + c) if down else 0)
+
+    assert n_params(model) == block(4, 16, True) + block(16, 32, True) + block(32, 32, False) + (32 * 10 + 10)
+    # groups: each block's inner width halves; stream 0 = {block0.conv2, block0.downsample} 16 -> 8;
+    # stream 1 = {block1.conv2, block1.downsample, block2.conv2 (identity residual)} 32 -> 16
+    expected = block(4, 8, True) + block(8, 16, True) + block(16, 16, False) + (16 * 10 + 10)
+    assert n_params(_prune(model, x)) == expected == 3570
+
+
+def test_r3d_video_by_hand():
+    """torchvision r3d (Conv3d): stem 3 -> 16 (3x7x7), layer1 one block 16, layer2 one block 32 with a
+    1x1x1 downsample, fc to 10; convs without bias."""
+    factory, inputs = ZOO_BY_NAME["r3d_video"]
+    model, x = factory(), inputs()
+
+    def count(w1, w2, inner1, inner2):
+        return ((3 * w1 * 3 * 7 * 7 + 2 * w1)                               # stem conv, bn
+                + (w1 * inner1 * 27 + 2 * inner1) + (inner1 * w1 * 27 + 2 * w1)   # layer1 conv1, conv2
+                + (w1 * inner2 * 27 + 2 * inner2) + (inner2 * w2 * 27 + 2 * w2)   # layer2 conv1, conv2
+                + (w1 * w2 + 2 * w2)                                        # downsample, bn
+                + (w2 * 10 + 10))                                           # fc
+
+    assert n_params(model) == count(16, 32, 16, 32)
+    # stream 1 = {stem, layer1.conv2} 16 -> 8; stream 2 = {layer2.conv2, downsample} 32 -> 16; inner widths halve
+    assert n_params(_prune(model, x)) == count(8, 16, 8, 16) == 17794
+
+
 def test_densenet_one_block_by_hand():
     torch.manual_seed(0)
     model = zoo._finish(_DenseBlockNet(), (zoo._images(8, seed=99),))
