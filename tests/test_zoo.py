@@ -294,6 +294,152 @@ class _DenseBlockNet(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
+def test_resnet_bottleneck_by_hand():
+    """ResNet(Bottleneck, [2, 1], widths=(8, 16)): expansion 4, 1x1 / 3x3 / 1x1 convs without bias."""
+    factory, inputs = ZOO_BY_NAME["resnet_bottleneck"]
+    model, x = factory(), inputs()
+
+    def block(cin, inner, out, down):
+        return ((cin * inner + 2 * inner) + (inner * inner * 9 + 2 * inner) + (inner * out + 2 * out)
+                + ((cin * out + 2 * out) if down else 0))
+
+    def count(stem, s1, i1, s2, i2):
+        return ((3 * stem * 9 + 2 * stem) + block(stem, i1, s1, True) + block(s1, i1, s1, False)
+                + block(s1, i2, s2, True) + (s2 * 10 + 10))
+
+    assert n_params(model) == count(8, 32, 8, 64, 16)
+    # groups: the stem (8, read by layer1.0.conv1 and its downsample) 8 -> 4; stream 1 = {layer1.0.conv3,
+    # layer1.0.downsample, layer1.1.conv3} 32 -> 16; stream 2 = {layer2.0.conv3, downsample} 64 -> 32;
+    # every block's two inner widths halve
+    assert n_params(_prune(model, x)) == count(4, 16, 4, 32, 8) == 2766
+
+
+def test_resnet_fused_by_hand():
+    """resnet_basic after torch.fx.experimental.optimization.fuse: each BatchNorm folded into its conv
+    (a bias of cout instead of 2 * cout); the groups are resnet_basic's."""
+    factory, inputs = ZOO_BY_NAME["resnet_fused"]
+    model, x = factory(), inputs()
+
+    def count(a, b):  # stream widths: layer1 a, layer2 b (inner widths the same)
+        conv = lambda cin, cout, k=3: cin * cout * k * k + cout
+        return (conv(3, a) + 2 * (conv(a, a) + conv(a, a)) + (conv(a, b) + conv(b, b) + conv(a, b, 1))
+                + 2 * conv(b, b) + (b * 10 + 10))
+
+    assert n_params(model) == count(16, 32)
+    assert n_params(_prune(model, x)) == count(8, 16) == 11002
+
+
+def test_m5_audio_by_hand():
+    """torchaudio's M5 (Conv1d, biased, each followed by BatchNorm1d): widths 32, 32, 64, 64; fc to 35
+    after a permute (channels last)."""
+    factory, inputs = ZOO_BY_NAME["m5_audio"]
+    model, x = factory(), inputs()
+
+    def count(a, b):
+        conv = lambda cin, cout, k: cin * cout * k + cout + 2 * cout       # with its BatchNorm
+        return conv(1, a, 80) + conv(a, a, 3) + conv(a, b, 3) + conv(b, b, 3) + (b * 35 + 35)
+
+    assert n_params(model) == count(32, 64)
+    assert n_params(_prune(model, x)) == count(16, 32) == 8099
+
+
+def test_vit_by_hand():
+    """ViT: 8x8 patches of 32x32 images (16 + 1 tokens), embed 64, 2 blocks of nn.MultiheadAttention
+    (4 heads of 16) and MLP 128, 10 classes. The residual stream (patch embedding, cls token,
+    position embedding, every LayerNorm, out_proj and MLP output) halves to 32; 2 of 4 heads go
+    whole (head_dim stays 16); the MLPs halve to 64."""
+    factory, inputs = ZOO_BY_NAME["vit"]
+    model, x = factory(), inputs()
+
+    def count(e, heads, mlp, hd=16):
+        block = (2 * e + (3 * heads * hd * e + 3 * heads * hd) + (heads * hd * e + e) + 2 * e
+                 + (e * mlp + mlp) + (mlp * e + e))
+        return (3 * e * 8 * 8 + e) + e + 17 * e + 2 * block + 2 * e + (e * 10 + 10)
+
+    assert n_params(model) == count(64, 4, 128)
+    assert n_params(_prune(model, x)) == count(32, 2, 64) == 24234
+
+
+def test_convnext_by_hand():
+    """ConvNeXt dims (32, 64), depths (2, 1). The stem group (32) passes the hand-written channels-first
+    LayerNorm, which a pruned channel would change (x - mean is not zero): it stays. The MLPs halve
+    (128 -> 64, 256 -> 128), and the second stream (downsample conv, block, final norm, head) halves."""
+    factory, inputs = ZOO_BY_NAME["convnext"]
+    model, x = factory(), inputs()
+
+    def block(d, h):  # dwconv 7x7 + bias, LayerNorm, pwconv1, pwconv2, gamma
+        return (d * 49 + d) + 2 * d + (d * h + h) + (h * d + d) + d
+
+    def count(a, b, h0, h1):
+        return ((3 * a * 16 + a) + 2 * a + 2 * block(a, h0) + 2 * a + (a * b * 4 + b) + block(b, h1)
+                + 2 * b + (b * 10 + 10))
+
+    assert n_params(model) == count(32, 64, 128, 256)
+    assert n_params(_prune(model, x)) == count(32, 32, 64, 128) == 28042
+
+
+def test_unet_by_hand():
+    """milesial UNet, base 8: no residual adds, so every conv's output is its own group and halves
+    (the ConvTranspose2d outputs too: F.pad and the skip concatenations carry channels). Only the 3 input
+    and 2 output channels stay, so the pruned UNet is the UNet of base 4."""
+    factory, inputs = ZOO_BY_NAME["unet"]
+    model, x = factory(), inputs()
+
+    def count(b):
+        dc = lambda cin, cout: cin * cout * 9 + 2 * cout + cout * cout * 9 + 2 * cout   # DoubleConv
+        up = lambda cin, cout: (cin * (cin // 2) * 4 + cin // 2) + dc(cin, cout)     # ConvTranspose2d, DoubleConv
+        return (dc(3, b) + dc(b, 2 * b) + dc(2 * b, 4 * b) + dc(4 * b, 8 * b)
+                + up(8 * b, 4 * b) + up(4 * b, 2 * b) + up(2 * b, b) + (b * 2 + 2))
+
+    assert n_params(model) == count(8)
+    assert n_params(_prune(model, x)) == count(4) == 30546
+
+
+def test_googlenet_by_hand():
+    """GoogLeNet with three Inception blocks: each branch conv's output is its own group (the concat
+    only places them side by side), and every width is even, so every width halves: the pruned model
+    is the same GoogLeNet with half the widths (3 input channels and 10 classes stay)."""
+    factory, inputs = ZOO_BY_NAME["googlenet"]
+    model, x = factory(), inputs()
+
+    def count(d):
+        bc = lambda cin, cout, k: cin * cout * k * k + 2 * cout                # conv (no bias) + BN
+
+        def inception(cin, c1, c3r, c3, c5r, c5, pp):
+            cin, c1, c3r, c3, c5r, c5, pp = (w // d for w in (cin, c1, c3r, c3, c5r, c5, pp))
+            return (bc(cin, c1, 1) + bc(cin, c3r, 1) + bc(c3r, c3, 3) + bc(cin, c5r, 1) + bc(c5r, c5, 3)
+                    + bc(cin, pp, 1))
+
+        return (bc(3, 32 // d, 3) + inception(32, 16, 16, 24, 4, 8, 8) + inception(56, 24, 24, 32, 8, 16, 16)
+                + inception(88, 32, 16, 32, 8, 16, 16) + (96 // d * 10 + 10))
+
+    assert n_params(model) == count(1)
+    assert n_params(_prune(model, x)) == count(2) == 8606
+
+
+def test_efficientnet_by_hand():
+    """EfficientNet-style MBConvs with SE (Linear, no bias, sigmoid gate `x * y`): convs without bias
+    followed by BatchNorm. Groups: the stem joins MBConv 1's SE output rows and projection (the gate and
+    the residual add); each expanded width joins its SE output rows; each SE hidden width, MBConv 2 and 3's
+    projections (residual), MBConv 4's projection and the head conv are groups of their own. All halve."""
+    factory, inputs = ZOO_BY_NAME["efficientnet"]
+    model, x = factory(), inputs()
+
+    def count(s0, h1, e2, h2, s1, e3, h3, e4, h4, p4, hd):
+        conv_bn = lambda cin, cout, k=1: cin * cout * k * k + 2 * cout
+        dw_bn = lambda c, k: c * k * k + 2 * c
+        se = lambda c, h: 2 * c * h
+        return (conv_bn(3, s0, 3)
+                + dw_bn(s0, 3) + se(s0, h1) + conv_bn(s0, s0)                                  # MBConv(16, 16, 1)
+                + conv_bn(s0, e2) + dw_bn(e2, 3) + se(e2, h2) + conv_bn(e2, s1)                # MBConv(16, 24, 6)
+                + conv_bn(s1, e3) + dw_bn(e3, 3) + se(e3, h3) + conv_bn(e3, s1)                # MBConv(24, 24, 6)
+                + conv_bn(s1, e4) + dw_bn(e4, 5) + se(e4, h4) + conv_bn(e4, p4)                # MBConv(24, 40, 6)
+                + conv_bn(p4, hd) + (hd * 10 + 10))
+
+    assert n_params(model) == count(16, 4, 96, 4, 24, 144, 6, 144, 6, 40, 160)
+    assert n_params(_prune(model, x)) == count(8, 2, 48, 2, 12, 72, 3, 72, 3, 20, 80) == 12786
+
+
 def test_tcn_by_hand():
     """locuslab TCN, Conv1d: channels (16, 32, 32), kernel 3, inputs 4, 10 classes."""
     factory, inputs = ZOO_BY_NAME["tcn"]
