@@ -440,6 +440,54 @@ def test_efficientnet_by_hand():
     assert n_params(_prune(model, x)) == count(8, 2, 48, 2, 12, 72, 3, 72, 3, 20, 80) == 12786
 
 
+def test_regnet_by_hand():
+    """RegNet-style: stem 16, stages (32, 64) of 2 ResBottleneckBlocks (bottleneck 1.0, group width 8 ->
+    4 then 8 groups, SE on the bottleneck). A grouped conv keeps equal widths per group (channel j of
+    every group goes together), so each bottleneck width halves with its group count unchanged; the stem,
+    the two residual streams (projection + both blocks' c) and every SE hidden width halve too."""
+    factory, inputs = ZOO_BY_NAME["regnet"]
+    model, x = factory(), inputs()
+
+    def cbn(cin, cout, k=1, groups=1):     # conv without bias + BatchNorm
+        return cin // groups * cout * k * k + 2 * cout
+
+    def block(cin, out, groups, se_hidden, proj):
+        return ((cbn(cin, out) if proj else 0) + cbn(cin, out) + cbn(out, out, 3, groups)
+                + (out * se_hidden + se_hidden + se_hidden * out + out) + cbn(out, out))
+
+    def count(stem, w1, w2, h):
+        return (cbn(3, stem, 3) + block(stem, w1, 4, h[0], True) + block(w1, w1, 4, h[1], False)
+                + block(w1, w2, 8, h[2], True) + block(w2, w2, 8, h[3], False) + (w2 * 10 + 10))
+
+    assert n_params(model) == count(16, 32, 64, (4, 8, 8, 16))
+    assert n_params(_prune(model, x)) == count(8, 16, 32, (2, 4, 4, 8)) == 10884
+
+
+def test_mobilenet_v3_by_hand():
+    """MobileNetV3 bnecks with hardsigmoid SE (1x1 convs with bias, scale * x): the stem joins block 1's
+    depthwise conv and SE output rows (no expand); each expanded width joins its SE output rows; blocks
+    2-3 and 4-5 share residual streams; SE hidden widths (8, 24, 32: _make_divisible), the head conv and
+    the classifier's hidden Linear are groups of their own. Every group halves."""
+    factory, inputs = ZOO_BY_NAME["mobilenet_v3"]
+    model, x = factory(), inputs()
+
+    def count(s, se1, p1, e2, q, e3, e4, se4, r, e5, se5, h, l):
+        cbn = lambda cin, cout, k=1: cin * cout * k * k + 2 * cout           # conv without bias + BN
+        dw = lambda c, k: c * k * k + 2 * c
+        se = lambda c, hid: c * hid + hid + hid * c + c
+        return (cbn(3, s, 3)
+                + dw(s, 3) + se(s, se1) + cbn(s, p1)
+                + cbn(p1, e2) + dw(e2, 3) + cbn(e2, q)
+                + cbn(q, e3) + dw(e3, 3) + cbn(e3, q)
+                + cbn(q, e4) + dw(e4, 5) + se(e4, se4) + cbn(e4, r)
+                + cbn(r, e5) + dw(e5, 5) + se(e5, se5) + cbn(e5, r)
+                + cbn(r, h) + (h * l + l) + (l * 10 + 10))
+
+    widths = (16, 8, 16, 48, 24, 72, 72, 24, 40, 120, 32, 240, 128)
+    assert n_params(model) == count(*widths)
+    assert n_params(_prune(model, x)) == count(*(w // 2 for w in widths)) == 23006
+
+
 def test_tcn_by_hand():
     """locuslab TCN, Conv1d: channels (16, 32, 32), kernel 3, inputs 4, 10 classes."""
     factory, inputs = ZOO_BY_NAME["tcn"]
