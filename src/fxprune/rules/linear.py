@@ -101,23 +101,29 @@ class ConvRule(Rule):
             return new
         keep_out = keep.get("out", torch.ones(m.out_channels, dtype=torch.bool))
         keep_in = keep.get("in", torch.ones(m.in_channels, dtype=torch.bool))
-        g = m.groups
-        per_group = keep_in.reshape(g, -1)
-        if not bool((per_group == per_group[0]).all()):
-            raise AssertionError("grouped conv: groups keep different input channels")
         w = m.weight.detach()
-        bias = None if m.bias is None else m.bias.detach().clone()
-        c = fold.get("in")
-        if c is not None:
-            # a constant input channel adds c * (sum of its kernel) to every output position of its group
-            cin = c.reshape(g, -1)
-            wsum = w.flatten(2).sum(2).reshape(g, -1, w.shape[1])          # (g, out/g, in/g)
-            removed = ~per_group[0]
-            delta = torch.einsum("goi,gi->go", wsum[:, :, removed], cin[:, removed].to(w.dtype)).reshape(-1)
-            bias = delta if bias is None else bias + delta
-        new = _conv_like(m, w[keep_out][:, per_group[0]], None if bias is None else bias[keep_out])
+        weight, bias = _sliced_conv(w, None if m.bias is None else m.bias.detach(), keep_in, keep_out,
+                                    fold.get("in"), m.groups)
+        new = _conv_like(m, weight, bias)
         new.in_channels, new.out_channels = int(keep_in.sum()), int(keep_out.sum())
         return new
+
+
+def _sliced_conv(w, bias, keep_in, keep_out, fold_in, groups: int):
+    """A conv's weight (out, in / groups, *kernel) and bias (or None) keeping ``keep_in`` / ``keep_out``;
+    ``fold_in``: the constant each removed input channel carries, added to the bias."""
+    per_group = keep_in.reshape(groups, -1)
+    if not bool((per_group == per_group[0]).all()):
+        raise AssertionError("grouped conv: groups keep different input channels")
+    bias = None if bias is None else bias.clone()
+    if fold_in is not None:
+        # a constant input channel adds c * (sum of its kernel) to every output position of its group
+        cin = fold_in.reshape(groups, -1)
+        wsum = w.flatten(2).sum(2).reshape(groups, -1, w.shape[1])          # (g, out/g, in/g)
+        removed = ~per_group[0]
+        delta = torch.einsum("goi,gi->go", wsum[:, :, removed], cin[:, removed].to(w.dtype)).reshape(-1)
+        bias = delta if bias is None else bias + delta
+    return w[keep_out][:, per_group[0]], None if bias is None else bias[keep_out]
 
 
 def _couple_groups(ctx, cmap, groups: int, cdim: int) -> None:
@@ -435,19 +441,11 @@ class FunctionalConvRule(GetAttrWeightRule):
         keep_out = keep_out if keep_out is not None else torch.ones(w.shape[0], dtype=torch.bool)
         g = _arg_node(nodes[0], 6, "groups") or 1
         keep_in = keep_in if keep_in is not None else torch.ones(w.shape[1] * g, dtype=torch.bool)
-        per_group = keep_in.reshape(g, -1)
-        if not bool((per_group == per_group[0]).all()):
-            raise AssertionError("grouped conv: groups keep different input channels")
         b_fqn = self._bias(nodes)
-        bias = None if b_fqn is None else attr(root, b_fqn).detach().clone()
-        if fold_in is not None:
-            cin = fold_in.reshape(g, -1)
-            wsum = w.flatten(2).sum(2).reshape(g, -1, w.shape[1])          # (g, out/g, in/g)
-            removed = ~per_group[0]
-            delta = torch.einsum("goi,gi->go", wsum[:, :, removed], cin[:, removed].to(w.dtype)).reshape(-1)
-            bias = delta if bias is None else bias + delta
-        _set_tensor(root, fqn, w[keep_out][:, per_group[0]])
-        self._write_bias(root, nodes, fqn, None if bias is None else bias[keep_out], b_fqn)
+        weight, bias = _sliced_conv(w, None if b_fqn is None else attr(root, b_fqn).detach(), keep_in, keep_out,
+                                    fold_in, g)
+        _set_tensor(root, fqn, weight)
+        self._write_bias(root, nodes, fqn, bias, b_fqn)
 
     def rewrite_node(self, node, ctx):
         """A depthwise conv's literal ``groups`` becomes the kept width."""
