@@ -463,6 +463,35 @@ def test_regnet_by_hand():
     assert n_params(_prune(model, x)) == count(8, 16, 32, (2, 4, 4, 8)) == 10884
 
 
+def test_shufflenet_v2_by_hand():
+    """ShuffleNetV2, stages (24, 48, 96) of 2 units, conv5 256. Each unit ends in a channel shuffle
+    (view -> transpose -> view), which only reorders channels: when the kept ones do not form a
+    rectangle over the shuffle's (2, c/2) view it becomes one index_select, so every branch prunes
+    on its own. The chunk after a shuffle sends half of each branch's channels to the next unit's
+    identity half and half to its branch; each half halves (README: uneven groups). So every width
+    halves: stem 12, stage widths (24, 48), branch widths 12 and 24, conv5 128."""
+    factory, inputs = ZOO_BY_NAME["shufflenet_v2"]
+    model, x = factory(), inputs()
+
+    def cbn(cin, cout, k=1, groups=1):     # conv without bias + BatchNorm
+        return cin // groups * cout * k * k + 2 * cout
+
+    def branch2(cin, bf):                  # 1x1, depthwise 3x3, 1x1
+        return cbn(cin, bf) + cbn(bf, bf, 3, bf) + cbn(bf, bf)
+
+    def stage(cin, bf):                    # a stride-2 unit (branch1: depthwise 3x3, 1x1), a stride-1 unit
+        return cbn(cin, cin, 3, cin) + cbn(cin, bf) + branch2(cin, bf) + branch2(bf, bf)
+
+    def count(stem, bf2, bf3, c5):
+        return cbn(3, stem, 3) + stage(stem, bf2) + stage(2 * bf2, bf3) + cbn(2 * bf3, c5) + (c5 * 10 + 10)
+
+    assert n_params(model) == count(24, 24, 48, 256)
+    pruned = _prune(model, x)
+    assert n_params(pruned) == count(12, 12, 24, 128) == 13186
+    ops = [n.target for n in pruned.graph.nodes]
+    assert ops.count(torch.index_select) == 4 and torch.transpose not in ops   # the shuffles are gathers
+
+
 def test_mobilenet_v3_by_hand():
     """MobileNetV3 bnecks with hardsigmoid SE (1x1 convs with bias, scale * x): the stem joins block 1's
     depthwise conv and SE output rows (no expand); each expanded width joins its SE output rows; blocks

@@ -854,6 +854,8 @@ class ShuffleInvertedResidual(nn.Module):
 
 class ShuffleNetV2(nn.Module):
     def __init__(self, stages_repeats=(2, 2), stages_out_channels=(24, 48, 96, 256), num_classes=10):
+        """torchvision's shufflenet_v2_x1_0 is stages_repeats=(4, 8, 4),
+        stages_out_channels=(24, 116, 232, 464, 1024), num_classes=1000."""
         super().__init__()
         self._stage_out_channels = stages_out_channels
         input_channels = 3
@@ -866,7 +868,7 @@ class ShuffleNetV2(nn.Module):
         input_channels = output_channels
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
-        stage_names = [f"stage{i}" for i in [2, 3]]
+        self._stage_names = stage_names = [f"stage{i}" for i in range(2, 2 + len(stages_repeats))]
         for name, repeats, output_channels in zip(stage_names, stages_repeats, self._stage_out_channels[1:]):
             seq = [ShuffleInvertedResidual(input_channels, output_channels, 2)]
             for i in range(repeats - 1):
@@ -885,8 +887,8 @@ class ShuffleNetV2(nn.Module):
     def _forward_impl(self, x: Tensor) -> Tensor:
         x = self.conv1(x)
         x = self.maxpool(x)
-        x = self.stage2(x)
-        x = self.stage3(x)
+        for name in self._stage_names:
+            x = getattr(self, name)(x)
         x = self.conv5(x)
         x = x.mean([2, 3])  # globalpool
         x = self.fc(x)

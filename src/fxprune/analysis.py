@@ -206,7 +206,13 @@ class FlowContext:
 
     def require_product(self, cmap: ChannelMap) -> None:
         """The kept channels of ``cmap`` (several dims) must form a product of per-dim index sets."""
-        self.flow.products.append(cmap.ids)
+        self.flow.products.append((self.node, cmap.ids))
+
+    def permutes_channels(self, split: fx.Node, source: fx.Node, dim: int, perm: torch.Tensor) -> None:
+        """This node ends a chain from ``split`` that only reorders ``source``'s channels on ``dim``
+        (output channel j is source channel perm[j]). The rewrite can replace the chain with one
+        index_select, so the split need not keep a rectangle."""
+        self.flow.permutations[self.node] = (split, source, dim, perm)
 
     def union(self, a: ChannelMap, b: ChannelMap) -> None:
         """Positions of a and b hold the same channel: prune them together."""
@@ -250,7 +256,8 @@ class ChannelFlow(FakeShapeProp):
         self.uf = UnionFind()
         self.element_site: list[tuple] = []
         self.barriers: list[tuple[fx.Node, str]] = []
-        self.products: list[torch.Tensor] = []
+        self.products: list[tuple[fx.Node, torch.Tensor]] = []
+        self.permutations: dict[fx.Node, tuple] = {}   # see FlowContext.permutes_channels
         self.untracked_reads: set[tuple] = set()   # consumer sites read with untracked channels by some call
         self.memberless: set[str] = set()          # modules with a call that registered no members
         self.modules = dict(gm.named_modules())
@@ -274,7 +281,41 @@ class ChannelFlow(FakeShapeProp):
         out = super().propagate(*args)
         self.pin_partial_reads()
         self.pin_params_read_directly()
+        self.align_products()
         return out
+
+    def free_splits(self) -> set[fx.Node]:
+        """Splits whose chains only reorder channels: no rectangle needed there."""
+        return {split for split, *_ in self.permutations.values()}
+
+    def align_products(self) -> None:
+        """Channels split over several dims (``view(b, groups, c // groups, h, w)`` in a channel shuffle,
+        ``view(b, t, heads, head_dim)``) must keep a product of per-dim index sets. That holds for any
+        choice of units when one dim is *whole*: each of its slices is one unit (a head, once attention
+        has coupled it). Where no dim is whole, the slices of the longest dim are coupled: channel j of
+        every group goes together, as in a grouped convolution, so saliency chooses rectangles and the
+        kept widths do not depend on the weights. Repeated until nothing changes, since coupling one
+        split can change the units of another."""
+        aligned = {i for i, (node, _) in enumerate(self.products) if node in self.free_splits()}
+        changed = True
+        while changed:
+            changed = False
+            roots = self.uf.roots()
+            for i, (node, ids) in enumerate(self.products):
+                ids = ids.reshape([s for s in ids.shape if s != 1])
+                units = torch.where(ids >= 0, roots[ids.clamp(min=0)], -1)   # -1: an untracked channel
+                if i in aligned or ids.dim() < 2 or any(_slices_whole(units, a) for a in range(ids.dim())):
+                    continue
+                aligned.add(i)
+                axis = max(range(ids.dim()), key=lambda a: (ids.shape[a], a))
+                for part in ids.movedim(axis, 0).reshape(ids.shape[axis], -1):
+                    if bool((part < 0).any()):
+                        self.pin(node, part, f"split over several dims ({node.name}) with channels no tracked "
+                                             "producer makes")
+                    labeled = part[part >= 0].tolist()
+                    for e in labeled[1:]:
+                        self.uf.union(labeled[0], e)
+                changed = True
 
     def pin_params_read_directly(self) -> None:
         """A module whose parameters the graph also reads directly (``get_attr``, as in
@@ -368,6 +409,12 @@ def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int,
     return zero
 
 
+def _slices_whole(units: torch.Tensor, axis: int) -> bool:
+    """Is every slice of ``units`` along ``axis`` a single unit?"""
+    rows = units.movedim(axis, 0).reshape(units.shape[axis], -1)
+    return bool((rows == rows[:, :1]).all())
+
+
 def _tensors_in(tree) -> bool:
     found = []
     map_aggregate(tree, lambda x: found.append(x) if isinstance(x, torch.Tensor) else None)
@@ -428,7 +475,10 @@ class Analysis:
         self.prune_bias = flow.prune_bias
         self.dead = flow.dead
         self.element_site = flow.element_site
-        self.products = flow.products
+        free = flow.free_splits()
+        self.products = [(n, ids) for n, ids in flow.products if n not in free]
+        #: merge node name -> (split node name, source node name, channel dim, perm)
+        self.permutations = {m.name: (s.name, src.name, d, perm) for m, (s, src, d, perm) in flow.permutations.items()}
         self.n_elements = len(flow.uf.parent)
         self.root = flow.uf.roots()
         self.labels_by_name = {n.name: v for n, v in flow.labels.items()}

@@ -163,25 +163,68 @@ def units_from_sparsity(analysis: Analysis, model, selection: Selection) -> torc
     """Per-element 'masked' flags: in each group, the lowest-scoring removable units (see Selection)."""
     selection.check()
     masked = torch.zeros(analysis.n_elements, dtype=torch.bool)
-    plans = []  # (group, scores, allowed, n_prune)
+    plans = []  # [group, unit positions, scores, allowed, n_prune] per class of the group's units
+    group_scores = {}
+    unit_classes = _unit_classes(analysis)
     for g in analysis.groups:
         sp = selection.group_sparsity(g)
         allowed = torch.tensor([u.blocked is None for u in g.units], dtype=torch.bool)
         if sp is None or not bool(allowed.any()) or (sp == 0 and not selection.global_ranking):
             continue
-        scores = unit_scores(analysis, g, model, selection.criterion)
-        plans.append([g, scores, allowed, int(g.width * sp)])
+        scores = group_scores[g.index] = unit_scores(analysis, g, model, selection.criterion)
+        classes = unit_classes[g.index]
+        for where, n_prune in zip(classes, _apportion(int(g.width * sp), [len(c) for c in classes])):
+            plans.append([g, where, scores[where], allowed[where], n_prune])
     if selection.global_ranking:
         _global_counts(plans, selection.sparsity)
-    for g, scores, allowed, n_prune in plans:
-        n_prune = g.width - selection.keep_count(g.width, n_prune)
+    keeps = {}
+    for g, where, scores, allowed, n_prune in plans:
+        n_prune = len(where) - selection.keep_count(len(where), n_prune)
         n_prune = min(n_prune, int(allowed.sum()))
-        if n_prune <= 0:
+        keep = keeps.setdefault(g.index, torch.ones(g.width, dtype=torch.bool))
+        if n_prune > 0:
+            keep[where] = select(scores, n_prune, allowed)
+    for g in analysis.groups:
+        keep = keeps.get(g.index)
+        if keep is None or bool(keep.all()):
             continue
-        keep = select(scores, n_prune, allowed)
-        _one_per_producer(analysis, g, scores, keep)
+        _one_per_producer(analysis, g, group_scores[g.index], keep)
         masked[[e for u, k in zip(g.units, keep.tolist()) if not k for e in u.elements]] = True
     return masked
+
+
+def _unit_classes(analysis: Analysis) -> dict[int, list[torch.Tensor]]:
+    """Per group, its unit positions classed by the layers that hold them (every producer, member and
+    consumer site). Usually a group is one class. Where its channels part ways (the two halves of a
+    chunk, a channel shuffle's groups), each class is pruned by the group's sparsity on its own: every
+    layer's width shrinks alike, and units are ranked against units of the same layers."""
+    # a set of sites is keyed by the sum of random 62-bit numbers, one per site
+    gen = torch.Generator().manual_seed(0)
+    key = torch.zeros(analysis.n_elements, dtype=torch.long)
+    for site in analysis.sites.values():
+        ids = site.ids.reshape(-1)
+        roots = analysis.root[ids[ids >= 0]].unique()
+        code = int(torch.randint(1 << 62, (), generator=gen))
+        key.index_add_(0, roots, torch.full_like(roots, code))
+    classes = {}
+    for g in analysis.groups:
+        roots = torch.tensor([u.root for u in g.units], dtype=torch.long)
+        _, which = key[roots].unique(return_inverse=True)
+        order = torch.argsort(which, stable=True)
+        classes[g.index] = list(order.split(torch.bincount(which).tolist()))
+    return classes
+
+
+def _apportion(total: int, sizes: list[int]) -> list[int]:
+    """Split ``total`` over parts in proportion to ``sizes``: each part gets the floor of its share,
+    and the remainder goes to the largest fractional shares (ties: larger part, then earlier)."""
+    width = sum(sizes)
+    shares = [total * n / width for n in sizes]
+    counts = [int(q) for q in shares]
+    order = sorted(range(len(sizes)), key=lambda i: (-(shares[i] - counts[i]), -sizes[i], i))
+    for i in order[:total - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def _one_per_producer(analysis: Analysis, group, scores: torch.Tensor, keep: torch.Tensor) -> None:
@@ -195,21 +238,21 @@ def _one_per_producer(analysis: Analysis, group, scores: torch.Tensor, keep: tor
 
 
 def _global_counts(plans, sparsity: float) -> None:
-    """Set each group's count from one ranking of all units by score / mean score of the group."""
+    """Set each class's count from one ranking of all units by score / mean score of the class."""
     candidates = []
-    for i, (g, scores, allowed, _) in enumerate(plans):
+    for i, (_, _, scores, allowed, _) in enumerate(plans):
         mean = float(scores.mean()) or 1.0
         candidates += [(float(scores[j]) / mean, i, j) for j in allowed.nonzero().squeeze(1).tolist()]
-    total = int(sum(p[0].width for p in plans) * sparsity)
+    total = int(sum(len(p[1]) for p in plans) * sparsity)
     counts = [0] * len(plans)
     for _, i, _ in sorted(candidates):
         if total <= 0:
             break
-        if counts[i] < plans[i][0].width - 1:
+        if counts[i] < len(plans[i][1]) - 1:
             counts[i] += 1
             total -= 1
     for p, c in zip(plans, counts):
-        p[3] = c
+        p[4] = c
 
 
 def check_sparsity(sparsity, what: str = "sparsity") -> None:
@@ -255,7 +298,7 @@ def _rectangles(analysis: Analysis, removed, kept) -> None:
     changed = True
     while changed:
         changed = False
-        for ids in analysis.products:
+        for _node, ids in analysis.products:
             lab = ids >= 0
             stay = torch.ones(ids.shape, dtype=torch.bool)
             stay[lab] = ~removed[ids[lab]]

@@ -19,11 +19,14 @@ class RewriteContext:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.analysis = plan.analysis
+        # by node name; nodes the rewrite adds in place of others take over their entries
+        self.labels = dict(plan.analysis.labels_by_name)
+        self.shapes = dict(plan.analysis.shapes_by_name)
 
     def _map_and_shape(self, node: fx.Node):
         from .channels import ChannelMap
-        cmap = self.analysis.labels_by_name.get(node.name)
-        meta = self.analysis.shapes_by_name.get(node.name)
+        cmap = self.labels.get(node.name)
+        meta = self.shapes.get(node.name)
         if not isinstance(cmap, ChannelMap) or meta is None:
             return None, meta
         return cmap, meta
@@ -35,9 +38,7 @@ class RewriteContext:
         sizes = list(shape)
         if cmap is None:
             return sizes
-        kept = torch.ones(cmap.ids.shape, dtype=torch.bool)
-        lab = cmap.ids >= 0
-        kept[lab] = ~self.plan.removed[cmap.ids[lab]]
+        kept = self._kept(cmap)
         for axis, d in enumerate(cmap.dims):
             others = [a for a in range(kept.dim()) if a != axis]
             along = kept.any(dim=others) if others else kept
@@ -49,12 +50,49 @@ class RewriteContext:
         cmap, _ = self._map_and_shape(node)
         if cmap is None or dim not in cmap.dims:
             return None
-        kept = torch.ones(cmap.ids.shape, dtype=torch.bool)
-        lab = cmap.ids >= 0
-        kept[lab] = ~self.plan.removed[cmap.ids[lab]]
+        kept = self._kept(cmap)
         axis = cmap.dims.index(dim)
         others = [a for a in range(kept.dim()) if a != axis]
         return kept.any(dim=others) if others else kept
+
+    def _kept(self, cmap) -> torch.Tensor:
+        kept = torch.ones(cmap.ids.shape, dtype=torch.bool)
+        lab = cmap.ids >= 0
+        kept[lab] = ~self.plan.removed[cmap.ids[lab]]
+        return kept
+
+    def replace_permutation(self, node: fx.Node) -> bool:
+        """``node`` ends a chain that only reorders channels (Analysis.permutations). If the channels
+        it keeps do not form a rectangle where the chain splits them, the chain cannot run on the
+        pruned widths: one index_select of the chain's source takes its place. True if replaced."""
+        entry = self.analysis.permutations.get(node.name)
+        if entry is None:
+            return False
+        split, source, dim, perm = entry
+        split_map = self.labels[split]
+        kept = self._kept(split_map)
+        hull = 1
+        for axis in range(kept.dim()):
+            others = [a for a in range(kept.dim()) if a != axis]
+            hull *= int((kept.any(dim=others) if others else kept).sum())
+        if hull == int(kept.sum()):
+            return False
+        kept_source = self._kept(self.labels[source])
+        kept_out = self._kept(self.labels[node.name])
+        index = (kept_source.cumsum(0) - 1)[perm[kept_out]]
+        graph = node.graph
+        gm = graph.owning_module
+        name = _free_name(gm, "fxprune_channel_order")
+        gm.register_buffer(name, index)
+        source_node = next(n for n in graph.nodes if n.name == source)
+        with graph.inserting_after(node):
+            attr = graph.get_attr(name)
+        with graph.inserting_after(attr):
+            select = graph.call_function(torch.index_select, (source_node, dim, attr))
+        node.replace_all_uses_with(select)
+        self.labels[select.name], self.shapes[select.name] = self.labels[node.name], self.shapes[node.name]
+        _erase_unused(node)
+        return True
 
     def replace_with_constant(self, node: fx.Node, value) -> None:
         """Users of ``node`` read ``value`` instead; the node goes."""
@@ -64,12 +102,30 @@ class RewriteContext:
         node.graph.erase_node(node)
 
     def old_shape(self, node: fx.Node):
-        return self.analysis.shapes_by_name.get(node.name)
+        return self.shapes.get(node.name)
 
     def width_changed(self, node: fx.Node, dim: int) -> bool:
         new = self.new_sizes(node)
-        old = self.analysis.shapes_by_name.get(node.name)
+        old = self.shapes.get(node.name)
         return new is not None and old is not None and new[dim] != old[dim]
+
+
+def _free_name(gm: torch.nn.Module, base: str) -> str:
+    i = 0
+    while hasattr(gm, f"{base}_{i}"):
+        i += 1
+    return f"{base}_{i}"
+
+
+def _erase_unused(node: fx.Node) -> None:
+    """Erase ``node`` and then whatever only it used (the sizes a reshape read), if side-effect free."""
+    if getattr(node, "_erased", False) or node.users or node.op not in ("call_function", "call_method") \
+            or node.is_impure():
+        return
+    inputs = list(node.all_input_nodes)
+    node.graph.erase_node(node)
+    for n in inputs:
+        _erase_unused(n)
 
 
 def _slice_param(module, site, keep: torch.Tensor) -> None:
@@ -111,9 +167,11 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
             baked.set_submodule(owner, new_module)
     ctx = RewriteContext(plan)
     for node in list(baked.graph.nodes):
-        if node.graph is None:  # erased by an earlier rewrite_node
+        if node.graph is None or getattr(node, "_erased", False):  # erased by an earlier rewrite
             continue
         if node.op in ("call_function", "call_method"):
+            if ctx.replace_permutation(node):
+                continue
             rule = call_rule(node.target)
             if rule is not None:
                 rule.rewrite_node(node, ctx)

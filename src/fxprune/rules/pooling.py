@@ -59,7 +59,9 @@ class ReduceRule(Rule):
     """Reductions. Over dims without channels (global average pooling as x.mean([2, 3])) channels pass.
     A sum or mean over every channel dim (RMSNorm's ``x.pow(2).mean(-1)``) reads the channels: pruned
     ones must be zero there, and a mean keeps dividing by the original width after pruning. A max or
-    min over channels, or a reduction over some of several channel dims, is a barrier."""
+    min over channels is a barrier. A sum or mean over some of several channel dims (the radix of split
+    attention: ``x.view(b, radix, c, h, w).sum(1)``) adds channels together: they are pruned together,
+    so the reduced dims keep their sizes and a mean its count."""
 
     def flow(self, ctx):
         from ..channels import ChannelMap
@@ -72,12 +74,14 @@ class ReduceRule(Rule):
         dims = [dims] if isinstance(dims, int) else list(dims)
         nd = cmap.ndim
         dims = sorted(d % nd for d in dims)
-        if any(d in cmap.dims for d in dims):
-            if _name(ctx.node) not in ("sum", "mean") or not set(cmap.dims) <= set(dims):
-                raise Unsupported("reduction over a channel dim")
-            ctx.internal_use(cmap.ids, cmap.carry)  # zeros add nothing to a sum
-            return None
         keepdim = ctx.arg(2, "keepdim", False)
+        if any(d in cmap.dims for d in dims):
+            if _name(ctx.node) not in ("sum", "mean"):
+                raise Unsupported("reduction over a channel dim")
+            if set(cmap.dims) <= set(dims):
+                ctx.internal_use(cmap.ids, cmap.carry)  # zeros add nothing to a sum
+                return None
+            return _sum_some_channel_dims(ctx, cmap, dims, keepdim)
         out = cmap
         if not keepdim:
             for d in reversed(dims):
@@ -101,6 +105,19 @@ class ReduceRule(Rule):
         with node.graph.inserting_after(node):
             scaled = node.graph.call_function(operator.truediv, (node, float(count)))
         node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+
+
+def _sum_some_channel_dims(ctx, cmap, dims: list[int], keepdim: bool):
+    from ..channels import ChannelMap
+    summed = [a for a, d in enumerate(cmap.dims) if d in dims]
+    rest = [a for a, d in enumerate(cmap.dims) if d not in dims]
+    ids = cmap.ids.permute(summed + rest).reshape(math.prod(cmap.ids.shape[a] for a in summed), -1)
+    for k in range(1, ids.shape[0]):
+        ctx.union_ids(ids[0], ids[k])
+    shape = [cmap.ids.shape[a] for a in rest]
+    carry = cmap.carry.permute(summed + rest).reshape(ids.shape).amax(0).reshape(shape)  # ZERO < CONST < VARY
+    out_dims = tuple(cmap.dims[a] - (0 if keepdim else sum(r < cmap.dims[a] for r in dims)) for a in rest)
+    return ChannelMap(out_dims, ids[0].reshape(shape), carry, cmap.ndim - (0 if keepdim else len(dims)))
 
 
 def _name(node) -> str:

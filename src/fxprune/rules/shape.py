@@ -1,6 +1,7 @@
 """Ops that move channels without computing on them: reshapes, permutes, indexing, identity, dropout."""
 from __future__ import annotations
 
+import math
 import operator
 
 import torch.fx as fx
@@ -65,6 +66,10 @@ class ReshapeRule(Rule):
             # channels split over several dims: the kept ones must form a product (a rectangle), or
             # the pruned tensor's layout would not match the masked one's
             ctx.require_product(out)
+        elif len(out.dims) == 1 < len(cmap.dims):
+            found = _channel_permutation(ctx.node, out.dims[0], ctx.flow.labels)
+            if found is not None:
+                ctx.permutes_channels(*found)
         return out
 
     def rewrite(self, m, keep, fold):
@@ -108,6 +113,58 @@ class ReshapeRule(Rule):
                       for i, s in enumerate(sizes))
         if fixed != tuple(sizes):
             node.args, node.kwargs = (node.args[0], dim, fixed), {}
+
+
+_RESHAPES = {torch.reshape, torch.flatten, "view", "reshape", "flatten", "unflatten"}
+_LAYOUT = {torch.permute, torch.transpose, torch.t, torch.movedim, torch.clone,
+           "permute", "transpose", "t", "movedim", "contiguous", "clone"}
+
+
+def _channel_permutation(merge: fx.Node, dim: int, labels):
+    """``merge`` ends a chain split-reshape -> layout ops -> merge-reshape, each node used only by the
+    next (channel shuffle: view(b, g, c // g, h, w) -> transpose(1, 2) -> view(b, c, h, w)). If the
+    chain only reorders its source's channels on ``dim``, return (split node, source node, dim, perm),
+    output channel j being source channel perm[j]; else None. Checked by running the chain on a tensor
+    that numbers every element of the source."""
+    chain, node = [merge], merge.args[0] if merge.args else None
+    while isinstance(node, fx.Node) and node.target in _LAYOUT and len(node.users) == 1:
+        chain.append(node)
+        node = node.args[0]
+    if not (isinstance(node, fx.Node) and node.target in _RESHAPES and len(node.users) == 1 and len(chain) > 1):
+        return None
+    split, source = node, node.args[0]
+    source_map = labels.get(source) if isinstance(source, fx.Node) else None
+    if not isinstance(source_map, ChannelMap) or source_map.dims != (dim,) or "tensor_meta" not in source.meta:
+        return None
+    shape = tuple(source.meta["tensor_meta"].shape)
+    numbered = torch.arange(math.prod(shape)).reshape(shape)
+    out = numbered
+    try:
+        for n in [split, *reversed(chain)]:
+            rest = (n.args[1:], n.kwargs)
+            if n.target in _RESHAPES:   # sizes may be read at run time: use the recorded shape
+                out = out.reshape(tuple(n.meta["tensor_meta"].shape))
+            elif _has_node(rest):
+                return None
+            elif isinstance(n.target, str):
+                out = getattr(out, n.target)(*n.args[1:], **n.kwargs)
+            else:
+                out = n.target(out, *n.args[1:], **n.kwargs)
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError):
+        return None
+    if tuple(out.shape) != shape:
+        return None
+    stride = math.prod(shape[dim + 1:])
+    perm = (out.movedim(dim, 0).reshape(shape[dim], -1)[:, 0] // stride) % shape[dim]
+    if not torch.equal(out, numbered.index_select(dim, perm)):
+        return None
+    return split, source, dim, perm
+
+
+def _has_node(tree) -> bool:
+    found = []
+    fx.node.map_arg(tree, found.append)
+    return bool(found)
 
 
 @register(torch.permute, torch.transpose, "permute", "transpose", "t", torch.t, torch.movedim, "movedim")
