@@ -183,3 +183,59 @@ def test_pruned_shuffle_saves_and_loads(tmp_path):
     with torch.no_grad():
         y = torch.randn(2, 3, 6, 6)
         assert torch.equal(loaded(y), pruned(y))
+
+
+class PermuteWithBuffer(nn.Module):
+    """A fixed channel order kept in a buffer; a selection along time from a buffer too."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(3, 8, 3, padding=1)
+        self.c = nn.Conv1d(10, 4, 1)
+        self.register_buffer("order", torch.tensor([5, 2, 7, 0, 2, 1, 6, 3, 4, 5]))   # 2 and 5 twice
+        self.register_buffer("steps", torch.tensor([0, 2, 4, 6]))
+
+    def forward(self, x):
+        y = torch.relu(self.a(x)).index_select(1, self.order)
+        return self.c(torch.index_select(y, 2, self.steps))
+
+
+def test_index_select_from_a_buffer():
+    model = PermuteWithBuffer().eval()
+    x = torch.randn(2, 3, 8)
+    for pruned in _both(model, x, sparsity=0.5):
+        keep = pruned.meta["fxprune"].masks["a.weight"]
+        assert pruned.a.out_channels == 4
+        # the buffer now picks the kept channels, in the same order, from the pruned conv's output
+        assert pruned.order.numel() == int(keep[model.order].sum()) == pruned.c.in_channels
+        assert torch.equal(pruned.steps, model.steps)
+
+
+class RuntimeIndex(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(3, 8, 1)
+        self.c = nn.Conv1d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.c(y.index_select(1, torch.argsort(y.mean((0, 2)))))
+
+
+def test_index_computed_at_run_time_is_a_barrier():
+    model = RuntimeIndex().eval()
+    pruned, _ = _both(model, torch.randn(2, 3, 8), sparsity=0.5)
+    assert pruned.a.out_channels == 8
+    assert any("index computed at run time" in why for _, why in pruned.meta["fxprune"].barriers)
+
+
+def test_pruned_shufflenet_prunes_again():
+    """prune() of its own output: the channel shuffles are index_selects by then."""
+    from test_zoo import ZOO_BY_NAME
+    factory, inputs = ZOO_BY_NAME["shufflenet_v2"]
+    model, (x,) = factory(), inputs()
+    once = fxprune.prune(model, (x,), sparsity=0.5)
+    twice = _both(once, x, sparsity=0.5)[0]
+    assert twice.meta["fxprune"].params_after < once.meta["fxprune"].params_after
+    assert [m.out_channels for m in twice.modules() if isinstance(m, nn.Conv2d)] == [
+        -(-m.out_channels // 2) for m in once.modules() if isinstance(m, nn.Conv2d)]

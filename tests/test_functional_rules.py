@@ -1,11 +1,14 @@
 """Rules for function ops on get_attr weights (F.linear, F.conv*, F.embedding), functional norms
-(F.batch_norm, F.instance_norm, F.group_norm), unbind/stack, and spatial ops that keep channels
-(interpolate/Upsample, pad, PixelShuffle/PixelUnshuffle, ChannelShuffle).
+(F.batch_norm, F.instance_norm, F.group_norm), unbind/stack, spatial ops that keep channels
+(interpolate/Upsample, pad, PixelShuffle/PixelUnshuffle, ChannelShuffle), and ops along a dim (roll,
+flip, cumsum, cumprod).
 
 Each model: the channels are pruned (parameter counts derived by hand, or the group's status), pruned ==
 masked on fresh random inputs for both prune_bias settings, and the input model is left unchanged.
 """
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -569,3 +572,59 @@ def test_pixel_unshuffle(prune_bias):
     pruned = prune_checked(model, (x,), prune_bias)
     # c1 4 -> 2 channels, each 4 channels after the unshuffle: c2 reads 8
     assert n_params(pruned) == (3 * 2 * 9 + 2) + (8 * 4 * 9 + 4)
+
+
+# =====================================================================================================
+# 5. roll, flip, cumsum, cumprod
+# =====================================================================================================
+
+class AlongTime(nn.Module):
+    """Conv1d -> (op along time, or flip along channels) -> Conv1d (1x1: constants fold)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.a = nn.Conv1d(3, 8, 3, padding=1)
+        self.c = nn.Conv1d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        if self.op == "roll":
+            y = torch.roll(y, 2, dims=2)
+        elif self.op == "flip_time":
+            y = y.flip(-1)
+        elif self.op == "flip_channels":
+            y = torch.flip(y, [1])
+        elif self.op == "cumsum":
+            y = y.cumsum(2)
+        elif self.op == "cumprod":
+            y = torch.cumprod(y, dim=-1)
+        return self.c(y)
+
+
+@pytest.mark.parametrize("op", ["roll", "flip_time", "flip_channels", "cumsum", "cumprod"])
+def test_ops_along_a_dim(op):
+    model = AlongTime(op).eval()
+    x = torch.randn(2, 3, 9)
+    pruned = prune_checked(model, (x,), prune_bias=True)
+    assert pruned.a.out_channels == pruned.c.in_channels == 4
+    no_bias = prune_checked(nonzero_bias(model), (x,), prune_bias=False)
+    # a constant channel stays one under roll and flip, so it folds; a cumulative op makes it vary
+    assert no_bias.a.out_channels == (8 if op.startswith("cum") else 4)
+
+
+class RollChannels(AlongTime):
+    def forward(self, x):
+        return self.c(torch.roll(torch.relu(self.a(x)), 1, dims=1))
+
+
+def test_roll_along_channels_is_a_barrier():
+    pruned = prune_checked(RollChannels("").eval(), (torch.randn(2, 3, 9),), prune_bias=True)
+    assert pruned.a.out_channels == 8 and "roll along a channel dim" in barrier_text(pruned)
+
+
+def nonzero_bias(model):
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.a.bias.copy_(torch.linspace(0.5, 1.5, 8))   # relu keeps positive constants
+    return model

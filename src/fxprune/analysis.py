@@ -94,6 +94,14 @@ class FlowContext:
             return self.kwargs[name]
         return default
 
+    def constant(self, i: int, name: str | None = None) -> torch.Tensor | None:
+        """The real value of argument i when it is a ``get_attr`` (a buffer, a tensor constant), else None."""
+        from .capture import attr
+        node = self.node.args[i] if i < len(self.node.args) else self.node.kwargs.get(name)
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            return attr(self.flow.module, node.target)
+        return None
+
     @property
     def owner(self) -> str:
         """Who the op's sites belong to: the module called, or the node's name. A function op whose

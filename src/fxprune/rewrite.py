@@ -16,8 +16,8 @@ from .rules import call_rule
 class RewriteContext:
     """What ``rule.rewrite_node`` may ask: a node's widths after pruning."""
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
+    def __init__(self, plan: Plan, gm: fx.GraphModule):
+        self.plan, self.gm = plan, gm   # gm: the module being rewritten
         self.analysis = plan.analysis
         # by node name; nodes the rewrite adds in place of others take over their entries
         self.labels = dict(plan.analysis.labels_by_name)
@@ -81,18 +81,31 @@ class RewriteContext:
         kept_out = self._kept(self.labels[node.name])
         index = (kept_source.cumsum(0) - 1)[perm[kept_out]]
         graph = node.graph
-        gm = graph.owning_module
-        name = _free_name(gm, "fxprune_channel_order")
-        gm.register_buffer(name, index)
         source_node = next(n for n in graph.nodes if n.name == source)
         with graph.inserting_after(node):
-            attr = graph.get_attr(name)
+            attr = self.constant_tensor(index, "fxprune_channel_order")
         with graph.inserting_after(attr):
             select = graph.call_function(torch.index_select, (source_node, dim, attr))
         node.replace_all_uses_with(select)
         self.labels[select.name], self.shapes[select.name] = self.labels[node.name], self.shapes[node.name]
         _erase_unused(node)
         return True
+
+    def constant_tensor(self, value: torch.Tensor, base: str) -> fx.Node:
+        """A ``get_attr`` node (at the graph's insertion point) for a new buffer ``<base>_<i>``."""
+        name = _free_name(self.gm, base)
+        self.gm.register_buffer(name, value)
+        return self.gm.graph.get_attr(name)
+
+    def set_constant(self, user: fx.Node, old: fx.Node, value: torch.Tensor, base: str) -> None:
+        """``user`` reads ``value`` where it read the ``get_attr`` ``old``: the buffer is overwritten
+        when nothing else reads it, else a new buffer ``<base>_<i>`` is made."""
+        readers = [n for n in self.gm.graph.nodes if n.op == "get_attr" and n.target == old.target]
+        if readers == [old] and list(old.users) == [user] and old.target in self.gm._buffers:
+            self.gm._buffers[old.target] = value
+            return
+        with self.gm.graph.inserting_before(user):
+            user.replace_input_with(old, self.constant_tensor(value, base))
 
     def replace_with_constant(self, node: fx.Node, value) -> None:
         """Users of ``node`` read ``value`` instead; the node goes."""
@@ -165,7 +178,7 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         new_module = sites[0].rule.rewrite(module, keep, folds)
         if new_module is not module:  # owner "" (get_attr weights of function ops) is sliced in place
             baked.set_submodule(owner, new_module)
-    ctx = RewriteContext(plan)
+    ctx = RewriteContext(plan, baked)
     for node in list(baked.graph.nodes):
         if node.graph is None or getattr(node, "_erased", False):  # erased by an earlier rewrite
             continue

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, VARY, ChannelMap, ParamView
+from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
 from . import Rule, Unsupported, register
 
 
@@ -200,6 +200,44 @@ class PermuteRule(Rule):
         return m
 
 
+@register(torch.index_select, "index_select")
+class IndexSelectRule(Rule):
+    """index_select(x, dim, index). Along a dim without channels they pass. Along the channel dim the
+    index must be a constant (a buffer, as the index_select fxprune writes for a channel shuffle): the
+    output holds the channels it picks, and after pruning the index picks the kept ones in the pruned
+    input. An index computed at run time is a barrier."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        dim = ctx.arg(1, "dim") % cmap.ndim
+        if dim not in cmap.dims:
+            return cmap
+        if len(cmap.dims) != 1:
+            raise Unsupported("selecting along one of several channel dims")
+        index = ctx.constant(2, "index")
+        if index is None:
+            raise Unsupported("an index computed at run time picks channels")
+        index = index.reshape(-1).long()
+        return ChannelMap(cmap.dims, cmap.ids[index], cmap.carry[index], cmap.ndim)
+
+    def rewrite_node(self, node, ctx):
+        src, index_node = node.args[0], node.args[2] if len(node.args) > 2 else node.kwargs.get("index")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if not isinstance(src, fx.Node) or ctx.old_shape(src) is None or not isinstance(index_node, fx.Node):
+            return
+        dim %= len(ctx.old_shape(src))
+        kept_in, kept_out = ctx.kept_along(src, dim), ctx.kept_along(node, dim)
+        if kept_in is None or kept_out is None or (bool(kept_in.all()) and bool(kept_out.all())):
+            return
+        index = getattr(ctx.gm, index_node.target) if index_node.op == "get_attr" else None
+        if index is None:
+            return
+        new = (kept_in.cumsum(0) - 1)[index.reshape(-1).long()[kept_out]].to(index.dtype)
+        ctx.set_constant(node, index_node, new, "fxprune_channel_index")
+
+
 @register(operator.getitem)
 class GetItemRule(Rule):
     """Tuple outputs (LSTM's (out, (h, c)), split) are indexed; tensors take basic indexing: slices of a
@@ -255,6 +293,32 @@ def _index_param(pv: ParamView, idx) -> ParamView | None:
         else:
             return None  # a partial view of the parameter is not tracked
     return ParamView(pv.target, tuple(dims) + pv.dims[pos:], pv.shape)
+
+
+@register(torch.roll, "roll", torch.flip, "flip", torch.cumsum, "cumsum", torch.cumprod, "cumprod")
+class AlongDimRule(Rule):
+    """Ops that move or accumulate values along some dims and leave the others alone. Along dims
+    without channels, channels pass: zeros stay zero; a constant stays constant under roll and flip,
+    while a cumulative sum or product of one varies along the dim. flip along a channel dim reverses
+    the channels (the pruned tensor reverses the kept ones alike); roll or a cumulative op along it,
+    or roll over the flattened tensor, is a barrier."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        name = ctx.node.target if isinstance(ctx.node.target, str) else ctx.node.target.__name__
+        dims = {"roll": lambda: ctx.arg(2, "dims"), "flip": lambda: ctx.arg(1, "dims")}.get(
+            name, lambda: ctx.arg(1, "dim"))()
+        if dims is None:
+            raise Unsupported("roll over the flattened tensor")
+        dims = {d % cmap.ndim for d in ([dims] if isinstance(dims, int) else dims)}
+        on = [cmap.dims.index(d) for d in dims if d in cmap.dims]
+        if on and name != "flip":
+            raise Unsupported(f"{name} along a channel dim")
+        if on:
+            return ChannelMap(cmap.dims, cmap.ids.flip(on), cmap.carry.flip(on), cmap.ndim)
+        return cmap.map_carry(ZERO, VARY) if name.startswith("cum") else cmap
 
 
 @register("expand", "expand_as", "broadcast_to", torch.broadcast_to)
