@@ -297,15 +297,17 @@ class ChannelFlow(FakeShapeProp):
         return {split for split, *_ in self.permutations.values()}
 
     def align_products(self) -> None:
-        """Channels split over several dims (``view(b, groups, c // groups, h, w)`` in a channel shuffle,
-        ``view(b, t, heads, head_dim)``) must keep a product of per-dim index sets. That holds for any
+        """Channels split over several dims (``view(b, t, heads, head_dim)``, split attention's
+        ``view(b, radix, c, h, w)``) must keep a product of per-dim index sets; splits that a chain only
+        reorders and merges back (a channel shuffle, see permutes_channels) need not. That holds for any
         choice of units when one dim is *whole*: each of its slices is one unit (a head, once attention
         has coupled it). Where no dim is whole, the slices of the longest dim are coupled: channel j of
         every group goes together, as in a grouped convolution, so saliency chooses rectangles and the
         kept widths do not depend on the weights. Repeated until nothing changes, since coupling one
         split can change the units of another."""
-        aligned = {i for i, (node, _) in enumerate(self.products) if node in self.free_splits()}
-        changed = True
+        free = self.free_splits()
+        aligned = {i for i, (node, _) in enumerate(self.products) if node in free}
+        changed = len(aligned) < len(self.products)
         while changed:
             changed = False
             roots = self.uf.roots()
