@@ -276,3 +276,18 @@ def test_dead_producer_coupled_with_live_ones():
     x = (torch.randn(2, 3, 8, 8),)
     smaller = assert_dead_exact(model, x)
     assert smaller.conv.out_channels == 1
+
+
+def test_masks_of_a_producer_pruned_whole_through_coupling_round_trip():
+    """se's mask prunes the gate rows over conv's channels: conv keeps one masked row, and the
+    all-False mask report.masks holds for it is accepted when passed back."""
+    model = nonzero_biases(GateOverSplitCat())
+    x = (torch.randn(2, 3, 8, 8),)
+    keep = torch.tensor([False, False, False, True, True, True])
+    first = prune_both(model, x, sparsity=None, masks={"se.weight": keep})[0]
+    masks = first.meta["fxprune"].masks
+    assert not bool(masks["conv.weight"].any()) and first.conv.out_channels == 1
+    again = prune_both(model, x, sparsity=None, masks=masks)[0]
+    assert again.meta["fxprune"].params_after == first.meta["fxprune"].params_after
+    with pytest.raises(ValueError, match="prunes every row"):   # a producer alone in its group
+        fxprune.prune(model, x, masks={"head.weight": torch.zeros(4, dtype=torch.bool)}, prune_outputs=True)

@@ -92,7 +92,10 @@ def units_from_masks(analysis: Analysis, masks: dict, strict: bool = True) -> to
             if not bool((per_gate == per_gate[0]).all()):
                 raise ValueError(f"mask {fqn!r}: the {gates} gates must keep the same units")
             mask = per_gate[0]
-        if not bool(mask.any()):
+        group = analysis.group_of_unit[int(analysis.root[site.ids[0]])]
+        if not bool(mask.any()) and len(group.producers) == 1:
+            # coupled with other producers, all its rows may be masked (it keeps one, still zero);
+            # a group with no channel left is refused in make_plan
             raise ValueError(f"mask {fqn!r} prunes every row; keep at least one")
         for j, e in enumerate(site.ids.tolist()):
             r = int(analysis.root[e])
