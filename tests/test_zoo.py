@@ -492,6 +492,26 @@ def test_shufflenet_v2_by_hand():
     assert ops.count(torch.index_select) == 4 and torch.transpose not in ops   # the shuffles are gathers
 
 
+def test_llama_by_hand():
+    """LLaMA (transformers' idioms): RMSNorm, rotary embeddings computed at run time, 4 query heads
+    sharing 2 key/value heads, SwiGLU MLP. The residual stream (embedding, every o_proj and down_proj,
+    the RMSNorm weights, lm_head's columns) halves 64 -> 32; a key/value head goes with the query heads
+    that share it, so 2 kv heads -> 1 and 4 query heads -> 2 (head_dim stays 16: the rotary cos and sin
+    span it); each MLP halves 128 -> 64; the vocabulary (the output) stays 96."""
+    factory, inputs = ZOO_BY_NAME["llama"]
+    model, x = factory(), inputs()
+
+    def count(d, heads, kv_heads, mlp, vocab=96, head_dim=16, layers=2):
+        attn = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
+        return vocab * d + layers * (2 * d + attn + 3 * d * mlp) + d + d * vocab
+
+    assert n_params(model) == count(64, 4, 2, 128)
+    pruned = _prune(model, x)
+    assert n_params(pruned) == count(32, 2, 1, 64) == 24736
+    attn = pruned.get_submodule("layers.0.self_attn")
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (32, 16, 32)
+
+
 def test_mobilenet_v3_by_hand():
     """MobileNetV3 bnecks with hardsigmoid SE (1x1 convs with bias, scale * x): the stem joins block 1's
     depthwise conv and SE output rows (no expand); each expanded width joins its SE output rows; blocks

@@ -1299,6 +1299,148 @@ def _tokens(vocab=96, t=8, seed=0):
 
 
 # =====================================================================================================
+# 10b. LLaMA (HuggingFace transformers' modeling_llama: RMSNorm, rotary embeddings computed at run time,
+#      grouped-query attention with repeat_kv, SwiGLU MLP)
+# =====================================================================================================
+
+class LlamaRMSNorm(nn.Module):
+    def __init__(self, hidden_size, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states):
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    def __init__(self, head_dim, base=10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, x, position_ids):
+        # transformers expands inv_freq to the batch size; a buffer cannot be expanded by a traced size,
+        # and the matmul below broadcasts it anyway
+        inv_freq_expanded = self.inv_freq[None, :, None].float()
+        position_ids_expanded = position_ids[:, None, :].float()
+        freqs = (inv_freq_expanded.float() @ position_ids_expanded.float()).transpose(1, 2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed, k_embed
+
+
+def repeat_kv(hidden_states, n_rep):
+    batch, num_key_value_heads, slen, head_dim = hidden_states.shape
+    if n_rep == 1:
+        return hidden_states
+    hidden_states = hidden_states[:, :, None, :, :].expand(batch, num_key_value_heads, n_rep, slen, head_dim)
+    return hidden_states.reshape(batch, num_key_value_heads * n_rep, slen, head_dim)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, hidden_size, num_heads, num_key_value_heads):
+        super().__init__()
+        self.head_dim = hidden_size // num_heads
+        self.num_key_value_groups = num_heads // num_key_value_heads
+        self.scaling = self.head_dim ** -0.5
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=False)
+
+    def forward(self, hidden_states, cos, sin):
+        # as transformers 4.3x wrote it (later versions unpack shapes, which fx cannot trace)
+        bsz, q_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(bsz, q_len, -1, self.head_dim).transpose(1, 2)
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        key_states = repeat_kv(key_states, self.num_key_value_groups)
+        value_states = repeat_kv(value_states, self.num_key_value_groups)
+        attn_output = F.scaled_dot_product_attention(query_states, key_states, value_states, is_causal=True,
+                                                     scale=self.scaling)
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        attn_output = attn_output.reshape(bsz, q_len, -1).contiguous()
+        return self.o_proj(attn_output)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, hidden_size, intermediate_size):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, hidden_size, num_heads, num_key_value_heads, intermediate_size):
+        super().__init__()
+        self.self_attn = LlamaAttention(hidden_size, num_heads, num_key_value_heads)
+        self.mlp = LlamaMLP(hidden_size, intermediate_size)
+        self.input_layernorm = LlamaRMSNorm(hidden_size)
+        self.post_attention_layernorm = LlamaRMSNorm(hidden_size)
+
+    def forward(self, hidden_states, cos, sin):
+        residual = hidden_states
+        hidden_states = self.self_attn(self.input_layernorm(hidden_states), cos, sin)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.mlp(self.post_attention_layernorm(hidden_states))
+        return residual + hidden_states
+
+
+class LlamaForCausalLM(nn.Module):
+    """vocab 96, hidden 64, 2 layers, 4 query heads sharing 2 key/value heads (head_dim 16), MLP 128."""
+
+    def __init__(self, vocab_size=96, hidden_size=64, num_layers=2, num_heads=4, num_key_value_heads=2,
+                 intermediate_size=128):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab_size, hidden_size)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(hidden_size, num_heads, num_key_value_heads,
+                                                       intermediate_size) for _ in range(num_layers)])
+        self.norm = LlamaRMSNorm(hidden_size)
+        self.rotary_emb = LlamaRotaryEmbedding(hidden_size // num_heads)
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+
+    def forward(self, input_ids):
+        hidden_states = self.embed_tokens(input_ids)
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        cos, sin = self.rotary_emb(hidden_states, position_ids)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, cos, sin)
+        return self.lm_head(self.norm(hidden_states))
+
+
+def llama():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LlamaRMSNorm):
+                m.weight.add_(0.1 * torch.randn(m.weight.shape))
+    return model.eval()
+
+
+# =====================================================================================================
 # 11. RegNet (torchvision.models.regnet: ResBottleneckBlock with group convs and SE)
 # =====================================================================================================
 
@@ -1760,6 +1902,7 @@ ZOO = [
     ("gpt_manual", gpt_manual, lambda: (_tokens(),)),
     ("gpt_sdpa", gpt_sdpa, lambda: (_tokens(),)),
     ("gpt_tied", gpt_tied, lambda: (_tokens(),)),
+    ("llama", llama, lambda: (_tokens(),)),
     ("regnet", regnet, lambda: (_images(),)),
     ("unet", unet, lambda: (_images(),)),
     ("tcn", tcn, lambda: (torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)),)),

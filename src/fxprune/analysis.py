@@ -201,9 +201,10 @@ class FlowContext:
         owner, _, name = pv.target.rpartition(".")
         role = f"{name}:dim{p}"
         key = (owner, role)
-        if cmap.only_dim() is None:
-            raise Unsupported("a parameter meets channels spread over several dims")
         site = self.flow.sites.get(key)
+        if cmap.only_dim() is None or (site is not None and site.ids.dim() > 1):
+            self._param_over_split(key, pv, name, operand_dim, cmap, zeroed)
+            return
         if site is None:
             self.flow.sites[key] = Site(owner, role, "param", self.node, None, cmap.ids,
                                         params=(name,), zeroed=(name,) if zeroed else ())
@@ -211,6 +212,23 @@ class FlowContext:
             self._union_ids(site.ids, cmap.ids)
             if zeroed and not site.zeroed:
                 site.zeroed = (name,)
+
+    def _param_over_split(self, key, pv: ParamView, name: str, operand_dim: int, cmap: ChannelMap,
+                          zeroed: bool) -> None:
+        """A parameter along one of several channel dims (RoPE's cos/sin over head_dim of (heads,
+        head_dim)) scales a whole slice of channels per entry; the kept channels form a rectangle there,
+        so an entry is sliced away only when all the channels it scales are (Plan.site_keep)."""
+        site = self.flow.sites.get(key)
+        if zeroed or (site is not None and site.zeroed):
+            raise Unsupported("an added parameter meets channels spread over several dims")
+        axis = cmap.dims.index(operand_dim + cmap.ndim - len(pv.dims))   # the operand broadcasts from the right
+        ids = cmap.ids.movedim(axis, 0).reshape(cmap.ids.shape[axis], -1)
+        if site is None:
+            self.flow.sites[key] = Site(key[0], key[1], "param", self.node, None, ids, params=(name,))
+        elif site.ids.shape[0] == ids.shape[0]:
+            site.ids = torch.cat([site.ids.reshape(ids.shape[0], -1), ids], 1)
+        else:
+            raise Unsupported(f"{pv.target} meets channels of different widths")
 
     def require_product(self, cmap: ChannelMap) -> None:
         """The kept channels of ``cmap`` (several dims) must form a product of per-dim index sets."""

@@ -145,7 +145,17 @@ class ChannelMap:
 
     @staticmethod
     def cat(maps: list["ChannelMap | None"], sizes: list[int], dim: int, ndim: int) -> "ChannelMap | None":
-        """torch.cat along a channel dim: positions of unlabeled inputs get id -1."""
+        """torch.cat along a channel dim: positions of unlabeled inputs get id -1. Along one of several
+        channel dims (RoPE's rotate_half: cat(-x2, x1) along head_dim of (heads, head_dim)), every input
+        must hold channels on the same dims."""
+        labeled = [m for m in maps if m is not None]
+        if labeled and len(labeled[0].dims) > 1:
+            first = labeled[0]
+            if len(labeled) < len(maps) or any(m.dims != first.dims for m in labeled):
+                return None
+            axis = first.dims.index(dim)
+            return ChannelMap(first.dims, torch.cat([m.ids for m in maps], axis),
+                              torch.cat([m.carry for m in maps], axis), ndim)
         parts_ids, parts_carry = [], []
         for m, size in zip(maps, sizes):
             if m is not None and m.dims != (dim,):

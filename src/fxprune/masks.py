@@ -46,7 +46,8 @@ class Plan:
         out = torch.ones(ids.shape, dtype=torch.bool)
         lab = ids >= 0
         out[lab] = ~flags[ids[lab]]
-        return out
+        # a parameter entry that scales several channels (a row of ids) stays while any of them does
+        return out.any(dim=1) if out.dim() > 1 else out
 
     def tensor_masks(self) -> dict[str, torch.Tensor]:
         """The masks in force, keyed by each producer's first tensor (rows = gates * units)."""

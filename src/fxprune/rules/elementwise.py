@@ -2,6 +2,7 @@
 same channels on both sides); an operand without channels decides what a pruned channel holds."""
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 
@@ -69,14 +70,28 @@ class BinaryRule(Rule):
             raise Unsupported(f"operand of type {type(other).__name__}")
         # the other operand is a tensor without tracked channels
         shape = [1] * (nd - other.dim()) + list(other.shape)
-        if any(shape[d] != 1 for d in cmap.dims):
+        spanned = [d for d in cmap.dims if shape[d] != 1]
+        if len(spanned) == len(cmap.dims):
             raise Unsupported("an operand without tracked channels spans the channel dim")
+        if spanned:
+            _keep_dims_whole(ctx, cmap, spanned)
         # broadcast along the channels: a pruned channel combines with values that vary
         if kind == "add":
             return cmap.map_carry(VARY, VARY)
         if kind == "mul":
             return cmap.map_carry(ZERO, VARY)
         return cmap.map_carry(ZERO, VARY) if first else cmap.map_carry(VARY, VARY)
+
+
+def _keep_dims_whole(ctx, cmap: ChannelMap, dims: list[int]) -> None:
+    """An operand without tracked channels spans some of several channel dims (RoPE's cos and sin,
+    computed at run time over head_dim of (heads, head_dim)): it keeps its size there, so those dims
+    must keep every position. The channels that share their index on the other channel dims (a head)
+    are pruned together."""
+    axes = [cmap.dims.index(d) for d in dims]
+    rest = [a for a in range(len(cmap.dims)) if a not in axes]
+    rows = cmap.ids.permute(rest + axes).reshape(math.prod(cmap.ids.shape[a] for a in rest), -1)
+    ctx.union_ids(rows[:, :1].expand_as(rows), rows)
 
 
 def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind: str, first: bool):

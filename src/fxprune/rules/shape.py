@@ -83,24 +83,7 @@ class ReshapeRule(Rule):
         if node.target == "unflatten":  # x.unflatten(dim, sizes): the sizes of the new dims
             self._rewrite_unflatten(node, ctx)
             return
-        shape_args = list(node.args[1:])
-        if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
-            sizes, packed = list(shape_args[0]), True
-        else:
-            sizes, packed = shape_args, False
-        new_sizes = ctx.new_sizes(node)
-        if new_sizes is None:
-            return
-        changed = False
-        for d, s in enumerate(sizes):
-            # a dim whose width changed gets the new width; others keep their argument (-1, run-time
-            # batch sizes); sizes read at run time from pruned widths hold their original values
-            if s != -1 and ctx.width_changed(node, d):
-                sizes[d] = new_sizes[d]
-                changed = True
-        if changed:
-            node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
-
+        _rewrite_sizes(node, ctx)
 
     def _rewrite_unflatten(self, node, ctx):
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
@@ -165,6 +148,27 @@ def _has_node(tree) -> bool:
     found = []
     fx.node.map_arg(tree, found.append)
     return bool(found)
+
+
+def _rewrite_sizes(node, ctx):
+    """Sizes given as arguments (view, reshape, expand): a literal on a dim whose width changed gets the
+    new width; others keep their argument (-1, run-time batch sizes); sizes read at run time from
+    pruned widths hold their original values."""
+    shape_args = list(node.args[1:])
+    if len(shape_args) == 1 and isinstance(shape_args[0], (tuple, list)):
+        sizes, packed = list(shape_args[0]), True
+    else:
+        sizes, packed = shape_args, False
+    new_sizes = ctx.new_sizes(node)
+    if new_sizes is None:
+        return
+    changed = False
+    for d, s in enumerate(sizes):
+        if s != -1 and ctx.width_changed(node, d):
+            sizes[d] = new_sizes[d]
+            changed = True
+    if changed:
+        node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
 
 
 @register(torch.permute, torch.transpose, "permute", "transpose", "t", torch.t, torch.movedim, "movedim")
@@ -260,23 +264,40 @@ class GetItemRule(Rule):
         if not isinstance(src, fx.Node) or ctx.old_shape(src) is None or isinstance(node.args[1], fx.Node):
             return
         items, old_shape = _expand_index(node.args[1], len(ctx.old_shape(src)))
-        new_items, pos, changed = [], 0, False
+        new_items, pos, out_pos, changed = [], 0, 0, False
         for i in items:
             kept = ctx.kept_along(src, pos) if i is not None else None
+            if kept is not None and bool(kept.all()):
+                kept = None
             if kept is not None and isinstance(i, int):
                 i = int(kept[: i % len(kept)].sum())
                 changed = True
             elif kept is not None and isinstance(i, slice) and i != slice(None):
-                start, stop, _ = i.indices(len(kept))
+                if _has_node((i.start, i.stop, i.step)):
+                    # bounds computed at run time (x[..., : x.shape[-1] // 2]) from sizes that keep their
+                    # original values: the channel maps say which positions the slice took
+                    start, stop = _slice_taken(ctx, src, node, pos, out_pos)
+                else:
+                    start, stop, _ = i.indices(len(kept))
                 i = slice(int(kept[:start].sum()), int(kept[:stop].sum()))
                 changed = True
             new_items.append(i)
-            if i is None or not isinstance(i, int):
-                pos += 1
-            if isinstance(i, int):
-                pos += 1
+            if i is not None:
+                pos += 1           # an index or slice consumes a dim of the source
+            if not isinstance(i, int):
+                out_pos += 1       # None and slices make a dim of the result
         if changed:
             node.args = (src, tuple(new_items) if isinstance(node.args[1], tuple) else new_items[0])
+
+
+def _slice_taken(ctx, src: fx.Node, node: fx.Node, pos: int, out_pos: int) -> tuple[int, int]:
+    """(start, stop) of the positions of ``src``'s dim ``pos`` that ``node``'s dim ``out_pos`` holds."""
+    src_map, out_map = ctx.labels[src.name], ctx.labels[node.name]
+    a, b = src_map.dims.index(pos), out_map.dims.index(out_pos)
+    lines = src_map.ids.movedim(a, 0).reshape(src_map.ids.shape[a], -1)
+    first = out_map.ids.movedim(b, 0).reshape(out_map.ids.shape[b], -1)[:, 0]
+    where = [int((lines == e).any(1).nonzero()[0]) for e in first[[0, -1]].tolist()]
+    return where[0], where[1] + 1
 
 
 def _index_param(pv: ParamView, idx) -> ParamView | None:
@@ -333,6 +354,10 @@ class ExpandRule(Rule):
         if isinstance(src, ParamView):
             return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape)
         return src.align_to(nd)
+
+    def rewrite_node(self, node, ctx):
+        if node.target == "expand":
+            _rewrite_sizes(node, ctx)
 
 
 def _expand_index(idx, ndim):
