@@ -239,3 +239,25 @@ def test_pruned_shufflenet_prunes_again():
     assert twice.meta["fxprune"].params_after < once.meta["fxprune"].params_after
     assert [m.out_channels for m in twice.modules() if isinstance(m, nn.Conv2d)] == [
         -(-m.out_channels // 2) for m in once.modules() if isinstance(m, nn.Conv2d)]
+
+
+class GatheredBias(nn.Module):
+    """A bias gathered from a table by an index buffer, added over the channels: which table entry a
+    channel reads is fixed by the index, so the table cannot be sliced with the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.c = nn.Linear(6, 3)
+        self.table = nn.Parameter(torch.randn(5))
+        self.register_buffer("index", torch.tensor([4, 0, 0, 3, 1, 2]))
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x) + self.table[self.index]))
+
+
+def test_gathered_parameter_over_channels_is_a_barrier():
+    model = GatheredBias().eval()
+    pruned, _ = _both(model, torch.randn(3, 4), sparsity=0.5)
+    assert pruned.a.out_features == 6
+    assert any("gathered by an index" in why for _, why in pruned.meta["fxprune"].barriers)

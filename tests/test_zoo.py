@@ -512,6 +512,26 @@ def test_llama_by_hand():
     assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (32, 16, 32)
 
 
+def test_swin_by_hand():
+    """Swin: patch embedding (conv 4x4), two blocks of window attention (4 heads of 8, the second block
+    shifted with torch.roll and masked), MLP 128, LayerNorm, classifier. The stream halves 32 -> 16, each
+    block keeps 2 of 4 heads, and the relative position bias table (49 x heads), gathered by an index
+    buffer, loses the pruned heads' columns; each MLP halves 128 -> 64."""
+    factory, inputs = ZOO_BY_NAME["swin"]
+    model, x = factory(), inputs()
+
+    def count(d, heads, mlp, head_dim=8, table=49, classes=10):
+        inner = heads * head_dim
+        block = (2 * d + table * heads + d * 3 * inner + 3 * inner + inner * d + d + 2 * d
+                 + d * mlp + mlp + mlp * d + d)
+        return (3 * d * 16 + d) + 2 * block + 2 * d + (d * classes + classes)
+
+    assert n_params(model) == count(32, 4, 128)
+    pruned = _prune(model, x)
+    assert n_params(pruned) == count(16, 2, 64) == 7742
+    assert tuple(pruned.get_submodule("blocks.1.attn").relative_position_bias_table.shape) == (49, 2)
+
+
 def test_mobilenet_v3_by_hand():
     """MobileNetV3 bnecks with hardsigmoid SE (1x1 convs with bias, scale * x): the stem joins block 1's
     depthwise conv and SE output rows (no expand); each expanded width joins its SE output rows; blocks

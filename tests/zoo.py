@@ -1441,6 +1441,117 @@ def llama():
 
 
 # =====================================================================================================
+# 10c. Swin Transformer (microsoft/Swin-Transformer: window partition, shifted windows with torch.roll and
+#      an attention mask buffer, relative position bias gathered from a table by an index buffer)
+# =====================================================================================================
+
+
+def window_partition(x, ws):
+    B, H, W, C = x.shape
+    x = x.view(B, H // ws, ws, W // ws, ws, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, ws, ws, C)
+
+
+def window_reverse(windows, ws, H, W):
+    C = windows.shape[-1]
+    x = windows.view(-1, H // ws, W // ws, ws, ws, C)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, H, W, C)
+
+
+class SwinWindowAttention(nn.Module):
+    def __init__(self, dim, ws, heads):
+        super().__init__()
+        self.dim, self.ws, self.heads = dim, ws, heads
+        hd = dim // heads
+        self.scale = hd ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.randn((2 * ws - 1) * (2 * ws - 1), heads) * 0.02)
+        coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij"))
+        cf = torch.flatten(coords, 1)
+        rel = (cf[:, :, None] - cf[:, None, :]).permute(1, 2, 0).contiguous()
+        rel[:, :, 0] += ws - 1
+        rel[:, :, 1] += ws - 1
+        rel[:, :, 0] *= 2 * ws - 1
+        self.register_buffer("relative_position_index", rel.sum(-1))
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+    def forward(self, x, mask=None):
+        B_, N, C = x.shape
+        qkv = self.qkv(x).reshape(B_, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * self.scale
+        attn = q @ k.transpose(-2, -1)
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(
+            self.ws * self.ws, self.ws * self.ws, -1)
+        bias = bias.permute(2, 0, 1).contiguous()
+        attn = attn + bias.unsqueeze(0)
+        if mask is not None:
+            nW = mask.shape[0]
+            attn = attn.view(B_ // nW, nW, self.heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, self.heads, N, N)
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+        return self.proj(x)
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim=32, res=8, heads=4, ws=4, shift=0):
+        super().__init__()
+        self.res, self.ws, self.shift = res, ws, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SwinWindowAttention(dim, ws, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        if shift > 0:
+            img = torch.zeros((1, res, res, 1))
+            cnt = 0
+            for h in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+                for w in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
+                    img[:, h, w, :] = cnt
+                    cnt += 1
+            mw = window_partition(img, ws).view(-1, ws * ws)
+            am = mw.unsqueeze(1) - mw.unsqueeze(2)
+            am = am.masked_fill(am != 0, -100.0).masked_fill(am == 0, 0.0)
+        else:
+            am = None
+        self.register_buffer("attn_mask", am)
+    def forward(self, x):
+        H = W = self.res
+        B, L, C = x.shape
+        sc = x
+        x = self.norm1(x).view(B, H, W, C)
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        xw = window_partition(x, self.ws).view(-1, self.ws * self.ws, C)
+        aw = self.attn(xw, mask=self.attn_mask).view(-1, self.ws, self.ws, C)
+        x = window_reverse(aw, self.ws, H, W)
+        if self.shift > 0:
+            x = torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = sc + x.view(B, H * W, C)
+        return x + self.mlp(self.norm2(x))
+
+
+class Swin(nn.Module):
+    """patch embedding 4x4 -> 32 channels on 8x8 tokens, two blocks (window 4, 4 heads; the second
+    shifted by 2 with its attention mask), LayerNorm, mean over tokens, classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 4, 4)
+        self.blocks = nn.Sequential(SwinBlock(shift=0), SwinBlock(shift=2))
+        self.norm = nn.LayerNorm(32)
+        self.head = nn.Linear(32, 10)
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = self.blocks(x)
+        return self.head(self.norm(x).mean(1))
+
+
+def swin():
+    torch.manual_seed(0)
+    return _finish(Swin())
+
+
+# =====================================================================================================
 # 11. RegNet (torchvision.models.regnet: ResBottleneckBlock with group convs and SE)
 # =====================================================================================================
 
@@ -1903,6 +2014,7 @@ ZOO = [
     ("gpt_sdpa", gpt_sdpa, lambda: (_tokens(),)),
     ("gpt_tied", gpt_tied, lambda: (_tokens(),)),
     ("llama", llama, lambda: (_tokens(),)),
+    ("swin", swin, lambda: (_images(),)),
     ("regnet", regnet, lambda: (_images(),)),
     ("unet", unet, lambda: (_images(),)),
     ("tcn", tcn, lambda: (torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(0)),)),

@@ -255,12 +255,19 @@ class ParamView:
         return ParamView(self.target, tuple(self.dims[p] for p in perm), self.shape)
 
     def reshape(self, in_shape, out_shape) -> "ParamView | None":
-        """Only reshapes that add or drop size-1 dims keep track of the parameter's dims."""
-        kept_in = [(i, s) for i, s in enumerate(in_shape) if s != 1]
-        kept_out = [(j, s) for j, s in enumerate(out_shape) if s != 1]
-        if [s for _, s in kept_in] != [s for _, s in kept_out]:
+        """A parameter dim keeps being tracked where the reshape leaves it alone (only size-1 dims
+        added or dropped next to it); dims that are no parameter dim (gathered by an index) may be split
+        or merged freely. None if a parameter dim is split or merged."""
+        runs = _reshape_runs(in_shape, out_shape)
+        if runs is None:
             return None
-        dims = [None] * len(out_shape)
-        for (i, _), (j, _) in zip(kept_in, kept_out):
-            dims[j] = self.dims[i]
+        dims: list[int | None] = [None] * len(out_shape)
+        for ins, outs in runs:
+            big_in = [i for i in ins if in_shape[i] != 1]
+            big_out = [j for j in outs if out_shape[j] != 1]
+            if not any(self.dims[i] is not None for i in big_in):
+                continue
+            if len(big_in) != 1 or len(big_out) != 1:
+                return None
+            dims[big_out[0]] = self.dims[big_in[0]]
         return ParamView(self.target, tuple(dims), self.shape)

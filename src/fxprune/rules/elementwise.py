@@ -101,6 +101,8 @@ def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind:
     # does the parameter vary along any dim other than the channel dims? then it is no per-channel constant
     per_channel = all(value.shape[i] == 1 for i in range(value.dim()) if i + offset not in cmap.dims)
     for d in spans:
+        if pv.param_dim(d - offset) is None:
+            raise Unsupported(f"{pv.target}, gathered by an index, spans the channel dim")
         ctx.param_member(pv, d - offset, cmap, zeroed=(kind == "add"))
     if not spans:  # broadcast along the channels: the same constant for every channel
         const = CONST if per_channel else VARY

@@ -302,10 +302,19 @@ def _slice_taken(ctx, src: fx.Node, node: fx.Node, pos: int, out_pos: int) -> tu
 
 def _index_param(pv: ParamView, idx) -> ParamView | None:
     items, _ = _expand_index(idx, pv.ndim)
+    if sum(isinstance(i, torch.Tensor) for i in items) > 1:
+        return None
     dims, pos = [], 0
     for i in items:
         if i is None:
             dims.append(None)
+        elif isinstance(i, torch.Tensor):
+            # gathered by an index (Swin's relative_position_bias_table[index]): the index's dims take
+            # this dim's place and hold no parameter dim; the other dims are still the parameter's
+            if i.dtype == torch.bool:
+                return None
+            dims.extend([None] * i.dim())
+            pos += 1
         elif isinstance(i, int) and not isinstance(i, bool):
             pos += 1
         elif i == slice(None):
