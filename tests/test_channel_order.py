@@ -261,3 +261,79 @@ def test_gathered_parameter_over_channels_is_a_barrier():
     pruned, _ = _both(model, torch.randn(3, 4), sparsity=0.5)
     assert pruned.a.out_features == 6
     assert any("gathered by an index" in why for _, why in pruned.meta["fxprune"].barriers)
+
+
+class TokenPooling(nn.Module):
+    """CLIP's text pooling: the features of one token per row, picked by advanced indexing on the
+    batch and token dims (x[torch.arange(b), tokens.argmax(-1)]), then a projection."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 16)
+        self.fc = nn.Linear(16, 16)
+        self.proj = nn.Linear(16, 4)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        x = x + self.fc(torch.relu(x))
+        return self.proj(x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)])
+
+
+def test_advanced_indexing_on_other_dims_passes_channels():
+    model = TokenPooling().eval()
+    tokens = torch.randint(0, 20, (3, 7))
+    for pruned in _both(model, tokens, sparsity=0.5):
+        assert pruned.embed.embedding_dim == 8 and pruned.proj.in_features == 8
+
+
+class IndexChannelsByBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.c = nn.Conv2d(9, 4, 1)
+        self.register_buffer("pick", torch.tensor([7, 0, 3, 3, 5, 1, 6, 2, 4]))   # channel 3 twice
+
+    def forward(self, x):
+        return self.c(torch.relu(self.a(x))[:, self.pick])
+
+
+def test_advanced_indexing_of_channels_by_a_buffer():
+    model = IndexChannelsByBuffer().eval()
+    for pruned in _both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
+        keep = pruned.meta["fxprune"].masks["a.weight"]
+        assert pruned.a.out_channels == 4
+        assert pruned.c.in_channels == int(keep[model.pick].sum())   # the picked channels that stay
+
+
+class IndexChannelsAtRunTime(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.c(y[:, torch.argsort(y.mean((0, 2, 3)))])
+
+
+def test_advanced_indexing_of_channels_at_run_time_is_a_barrier():
+    pruned, _ = _both(IndexChannelsAtRunTime().eval(), torch.randn(2, 3, 6, 6), sparsity=0.5)
+    assert pruned.a.out_channels == 8
+
+
+class BoolMaskIndex(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.register_buffer("pick", torch.tensor([1, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool))
+
+    def forward(self, x):
+        return self.a(x)[:, self.pick]
+
+
+def test_boolean_mask_index_gets_a_clear_error():
+    model = BoolMaskIndex().eval()
+    digest = model_digest(model)
+    with pytest.raises(ValueError, match="depends on tensor values at node getitem.*integer indices"):
+        fxprune.prune(model, (torch.randn(2, 3, 4, 4),), sparsity=0.5)
+    assert model_digest(model) == digest

@@ -603,6 +603,13 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
         node = getattr(flow, "current", None)
         where = f" at node {node.name} ({_op_name(node, flow.modules)})" if node is not None else ""
         msg = str(cause).rstrip(". ")
+        from torch._subclasses.fake_tensor import DynamicOutputShapeException
+        if isinstance(cause, DynamicOutputShapeException):
+            raise ValueError(
+                f"the model has an op whose output shape depends on tensor values{where} ({msg}: a boolean mask "
+                "index or nonzero). fxprune propagates shapes on fake tensors, which hold no values: index with "
+                "integer indices held in a buffer, or register that part as a leaf module with a rule "
+                "(fxprune.rules.register)") from e
         raise ValueError(f"running the model on example_inputs failed{where}: "
                          f"{type(cause).__name__}: {msg}. Check the shapes and dtypes of example_inputs.") from e
     finally:

@@ -235,9 +235,10 @@ class IndexSelectRule(Rule):
         kept_in, kept_out = ctx.kept_along(src, dim), ctx.kept_along(node, dim)
         if kept_in is None or kept_out is None or (bool(kept_in.all()) and bool(kept_out.all())):
             return
-        index = getattr(ctx.gm, index_node.target) if index_node.op == "get_attr" else None
-        if index is None:
+        if index_node.op != "get_attr":
             return
+        from ..capture import attr
+        index = attr(ctx.gm, index_node.target)
         new = (kept_in.cumsum(0) - 1)[index.reshape(-1).long()[kept_out]].to(index.dtype)
         ctx.set_constant(node, index_node, new, "fxprune_channel_index")
 
@@ -257,13 +258,19 @@ class GetItemRule(Rule):
             return None
         if isinstance(src, ParamView):
             return _index_param(src, idx)
+        items, _ = _expand_index(idx, ctx.args[0].dim())
+        if any(isinstance(i, torch.Tensor) for i in items):
+            return _advanced_index(src, items, ctx)
         return _walk_index(src, idx, tuple(ctx.args[0].shape), ctx)
 
     def rewrite_node(self, node, ctx):
         src = node.args[0]
-        if not isinstance(src, fx.Node) or ctx.old_shape(src) is None or isinstance(node.args[1], fx.Node):
+        if not isinstance(src, fx.Node) or ctx.old_shape(src) is None:
             return
         items, old_shape = _expand_index(node.args[1], len(ctx.old_shape(src)))
+        if any(isinstance(i, fx.Node) for i in items):
+            _rewrite_channel_index(node, src, items, ctx)
+            return
         new_items, pos, out_pos, changed = [], 0, 0, False
         for i in items:
             kept = ctx.kept_along(src, pos) if i is not None else None
@@ -288,6 +295,78 @@ class GetItemRule(Rule):
                 out_pos += 1       # None and slices make a dim of the result
         if changed:
             node.args = (src, tuple(new_items) if isinstance(node.args[1], tuple) else new_items[0])
+
+
+def _advanced_index(cmap: ChannelMap, items: list, ctx) -> ChannelMap | None:
+    """Indexing with tensors (``x[torch.arange(b), last]`` picks a token per row, CLIP's pooling).
+    On dims without channels the channels pass, to the place numpy's rules give them; one 1-D index
+    held in a buffer on the only channel dim picks channels (as index_select does); anything else on a
+    channel dim is a barrier."""
+    items = items + [slice(None)] * (cmap.ndim - sum(i is not None for i in items))   # trailing dims
+    tensors = [k for k, i in enumerate(items) if isinstance(i, torch.Tensor)]
+    src_dim, pos = [], 0
+    for i in items:
+        src_dim.append(None if i is None else pos)
+        pos += i is not None
+    on_channels = [k for k in tensors if src_dim[k] in cmap.dims]
+    if on_channels:
+        k = on_channels[0]
+        index = _constant_item(ctx, k)
+        if len(tensors) > 1 or len(cmap.dims) > 1 or index is None or index.dim() != 1 \
+                or index.dtype == torch.bool or any(
+                i is not None and not isinstance(i, torch.Tensor) and i != slice(None) for i in items):
+            raise Unsupported("advanced indexing of a channel dim (only one 1-D index held in a buffer is followed)")
+        dim = cmap.dims[0] + sum(1 for i in items[:k] if i is None)
+        return ChannelMap((dim,), cmap.ids[index], cmap.carry[index], cmap.ndim + sum(i is None for i in items))
+    if any(items[k].dtype == torch.bool for k in tensors):
+        raise Unsupported("a boolean mask index next to channels")
+    shape = torch.broadcast_shapes(*[items[k].shape for k in tensors])
+    adjacent = tensors == list(range(tensors[0], tensors[-1] + 1))
+    out_of, out = {}, (0 if adjacent else len(shape))   # numpy: separated index dims go first
+    for k, i in enumerate(items):
+        if isinstance(i, torch.Tensor):
+            out += len(shape) if adjacent and k == tensors[0] else 0
+        elif i is None:
+            out += 1
+        elif isinstance(i, slice):
+            if src_dim[k] in cmap.dims and i != slice(None):
+                raise Unsupported("a channel dim sliced next to advanced indexing")
+            out_of[src_dim[k]] = out
+            out += 1
+        elif src_dim[k] in cmap.dims:
+            raise Unsupported("an integer index of a channel dim next to advanced indexing")
+    return ChannelMap(tuple(out_of[d] for d in cmap.dims), cmap.ids, cmap.carry, out)
+
+
+def _constant_item(ctx, k: int) -> torch.Tensor | None:
+    """The real value of index item ``k`` of a getitem when it is a ``get_attr`` (a buffer)."""
+    from ..capture import attr
+    raw = ctx.node.args[1]
+    raw_items = list(raw) if isinstance(raw, tuple) else [raw]
+    if Ellipsis in raw_items or k >= len(raw_items):
+        return None
+    item = raw_items[k]
+    if isinstance(item, fx.Node) and item.op == "get_attr":
+        return attr(ctx.flow.module, item.target)
+    return None
+
+
+def _rewrite_channel_index(node: fx.Node, src: fx.Node, items: list, ctx) -> None:
+    """x[..., index] with a buffer index on the channel dim: the buffer picks the kept channels from
+    the pruned input, in the same order."""
+    from ..capture import attr
+    for k, item in enumerate(items):
+        if not (isinstance(item, fx.Node) and item.op == "get_attr"):
+            continue
+        pos = sum(1 for i in items[:k] if i is not None)
+        kept_in = ctx.kept_along(src, pos)
+        out_dim = pos + sum(1 for i in items[:k] if i is None)
+        kept_out = ctx.kept_along(node, out_dim)
+        if kept_in is None or kept_out is None or (bool(kept_in.all()) and bool(kept_out.all())):
+            continue
+        index = attr(ctx.gm, item.target)
+        new = (kept_in.cumsum(0) - 1)[index.long()[kept_out]].to(index.dtype)
+        ctx.set_constant(node, item, new, "fxprune_channel_index")
 
 
 def _slice_taken(ctx, src: fx.Node, node: fx.Node, pos: int, out_pos: int) -> tuple[int, int]:
