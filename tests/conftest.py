@@ -47,6 +47,20 @@ def assert_pruned_equals_masked(model, inputs, pruned, n_trials=3, **kw):
     return worst
 
 
+def prune_both(model, inputs, sparsity=0.5, **kw):
+    """prune() with both prune_bias settings (``inputs``: a tensor or a tuple): pruned == masked on fresh
+    inputs, the model unchanged; the two pruned models."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    digest = model_digest(model)
+    out = []
+    for prune_bias in (True, False):
+        pruned = fxprune.prune(model, inputs, sparsity=sparsity, prune_bias=prune_bias, **kw)
+        assert model_digest(model) == digest
+        assert_pruned_equals_masked(model, inputs, pruned)
+        out.append(pruned)
+    return out
+
+
 def model_digest(model) -> str:
     """Hash of a model's state_dict, code (GraphModule) and parametrizations: proves it was not modified."""
     h = hashlib.sha256()

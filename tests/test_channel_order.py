@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import fxprune
-from conftest import assert_pruned_equals_masked, model_digest
+from conftest import model_digest, prune_both
 
 
 def shuffle(x, groups):
@@ -38,17 +38,6 @@ class Shuffle(nn.Module):
         return self.c(y)
 
 
-def _both(model, x, **kw):
-    digest = model_digest(model)
-    out = []
-    for prune_bias in (True, False):
-        pruned = fxprune.prune(model, (x,), prune_bias=prune_bias, **kw)
-        assert model_digest(model) == digest
-        assert_pruned_equals_masked(model, (x,), pruned)
-        out.append(pruned)
-    return out
-
-
 @pytest.mark.parametrize("literal", [False, True])
 def test_shuffle_not_rectangular_becomes_index_select(literal):
     model = Shuffle(literal).eval()
@@ -56,7 +45,7 @@ def test_shuffle_not_rectangular_becomes_index_select(literal):
     # a keeps channels 0, 1; b keeps 2, 3: over the (2, 4) view the kept set is no rectangle
     masks = {"a.weight": torch.tensor([True, True, False, False]),
              "b.weight": torch.tensor([False, False, True, True])}
-    for pruned in _both(model, x, masks=masks):
+    for pruned in prune_both(model, x, sparsity=None, masks=masks):
         targets = [n.target for n in pruned.graph.nodes]
         assert torch.index_select in targets
         assert not {torch.transpose, "transpose", "permute", "view", "reshape"} & set(targets)
@@ -68,7 +57,7 @@ def test_shuffle_rectangular_keeps_the_reshapes():
     x = torch.randn(2, 3, 6, 6)
     masks = {"a.weight": torch.tensor([True, False, True, False]),
              "b.weight": torch.tensor([True, False, True, False])}
-    pruned, _ = _both(model, x, masks=masks)
+    pruned, _ = prune_both(model, x, sparsity=None, masks=masks)
     targets = [n.target for n in pruned.graph.nodes]
     assert torch.index_select not in targets and torch.transpose in targets
     assert pruned.c.in_channels == 4
@@ -80,7 +69,7 @@ def test_shuffle_sparsity_prunes_each_branch():
     with torch.no_grad():   # saliencies that pick different channels in the two branches
         model.a.weight[:2] *= 10
         model.b.weight[2:] *= 10
-    for pruned in _both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
+    for pruned in prune_both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
         assert pruned.a.out_channels == pruned.b.out_channels == 2 and pruned.c.in_channels == 4
 
 
@@ -100,7 +89,7 @@ class SpatialTooChain(nn.Module):
 def test_chain_that_moves_more_than_channels_stays_rectangular():
     model = SpatialTooChain().eval()
     x = torch.randn(2, 3, 6, 6)
-    for pruned in _both(model, x, sparsity=0.5):
+    for pruned in prune_both(model, x, sparsity=0.5):
         targets = [n.target for n in pruned.graph.nodes]
         assert torch.index_select not in targets
         # channel j of both slices goes together: 4 units of 2 channels, half of them pruned
@@ -128,12 +117,12 @@ def test_split_summed_couples_channel_j_of_every_slice():
         model.a.weight[:3] *= 10
         model.a.weight[9:] *= 10
     x = torch.randn(2, 3, 6, 6)
-    for pruned in _both(model, x, sparsity=0.5):
+    for pruned in prune_both(model, x, sparsity=0.5):
         assert pruned.a.out_channels == 6 and pruned.c.in_channels == 3
     # explicit masks must prune channel j of both slices together
     with pytest.raises(ValueError, match="disagree on coupled channels"):
         fxprune.prune(model, (x,), masks={"a.weight": torch.tensor([True] * 3 + [False] * 6 + [True] * 3)})
-    pruned, _ = _both(model, x, masks={"a.weight": torch.tensor([True, False] * 3 * 2)})
+    pruned, _ = prune_both(model, x, sparsity=None, masks={"a.weight": torch.tensor([True, False] * 3 * 2)})
     assert pruned.a.out_channels == 6
 
 
@@ -152,7 +141,7 @@ def test_chunk_halves_shrink_alike():
     model = ChunkToTwoConvs().eval()
     with torch.no_grad():   # every channel of the first half outscores the second half
         model.a.weight[:4] *= 100
-    for pruned in _both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
+    for pruned in prune_both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
         assert pruned.a.out_channels == 4
         assert pruned.left.in_channels == pruned.right.in_channels == 2
 
@@ -166,7 +155,7 @@ class ChunkOdd(ChunkToTwoConvs):
 
 def test_odd_parts_still_prune_the_group_total():
     # int(6 * 0.5) = 3 channels pruned in all: 2 from one half and 1 from the other, not 1 + 1
-    for pruned in _both(ChunkOdd().eval(), torch.randn(2, 3, 6, 6), sparsity=0.5):
+    for pruned in prune_both(ChunkOdd().eval(), torch.randn(2, 3, 6, 6), sparsity=0.5):
         assert pruned.a.out_channels == 3
         assert sorted([pruned.left.in_channels, pruned.right.in_channels]) == [1, 2]
 
@@ -203,7 +192,7 @@ class PermuteWithBuffer(nn.Module):
 def test_index_select_from_a_buffer():
     model = PermuteWithBuffer().eval()
     x = torch.randn(2, 3, 8)
-    for pruned in _both(model, x, sparsity=0.5):
+    for pruned in prune_both(model, x, sparsity=0.5):
         keep = pruned.meta["fxprune"].masks["a.weight"]
         assert pruned.a.out_channels == 4
         # the buffer now picks the kept channels, in the same order, from the pruned conv's output
@@ -224,7 +213,7 @@ class RuntimeIndex(nn.Module):
 
 def test_index_computed_at_run_time_is_a_barrier():
     model = RuntimeIndex().eval()
-    pruned, _ = _both(model, torch.randn(2, 3, 8), sparsity=0.5)
+    pruned, _ = prune_both(model, torch.randn(2, 3, 8), sparsity=0.5)
     assert pruned.a.out_channels == 8
     assert any("index computed at run time" in why for _, why in pruned.meta["fxprune"].barriers)
 
@@ -235,7 +224,7 @@ def test_pruned_shufflenet_prunes_again():
     factory, inputs = ZOO_BY_NAME["shufflenet_v2"]
     model, (x,) = factory(), inputs()
     once = fxprune.prune(model, (x,), sparsity=0.5)
-    twice = _both(once, x, sparsity=0.5)[0]
+    twice = prune_both(once, x, sparsity=0.5)[0]
     assert twice.meta["fxprune"].params_after < once.meta["fxprune"].params_after
     assert [m.out_channels for m in twice.modules() if isinstance(m, nn.Conv2d)] == [
         -(-m.out_channels // 2) for m in once.modules() if isinstance(m, nn.Conv2d)]
@@ -258,7 +247,7 @@ class GatheredBias(nn.Module):
 
 def test_gathered_parameter_over_channels_is_a_barrier():
     model = GatheredBias().eval()
-    pruned, _ = _both(model, torch.randn(3, 4), sparsity=0.5)
+    pruned, _ = prune_both(model, torch.randn(3, 4), sparsity=0.5)
     assert pruned.a.out_features == 6
     assert any("gathered by an index" in why for _, why in pruned.meta["fxprune"].barriers)
 
@@ -282,7 +271,7 @@ class TokenPooling(nn.Module):
 def test_advanced_indexing_on_other_dims_passes_channels():
     model = TokenPooling().eval()
     tokens = torch.randint(0, 20, (3, 7))
-    for pruned in _both(model, tokens, sparsity=0.5):
+    for pruned in prune_both(model, tokens, sparsity=0.5):
         assert pruned.embed.embedding_dim == 8 and pruned.proj.in_features == 8
 
 
@@ -299,7 +288,7 @@ class IndexChannelsByBuffer(nn.Module):
 
 def test_advanced_indexing_of_channels_by_a_buffer():
     model = IndexChannelsByBuffer().eval()
-    for pruned in _both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
+    for pruned in prune_both(model, torch.randn(2, 3, 6, 6), sparsity=0.5):
         keep = pruned.meta["fxprune"].masks["a.weight"]
         assert pruned.a.out_channels == 4
         assert pruned.c.in_channels == int(keep[model.pick].sum())   # the picked channels that stay
@@ -317,7 +306,7 @@ class IndexChannelsAtRunTime(nn.Module):
 
 
 def test_advanced_indexing_of_channels_at_run_time_is_a_barrier():
-    pruned, _ = _both(IndexChannelsAtRunTime().eval(), torch.randn(2, 3, 6, 6), sparsity=0.5)
+    pruned, _ = prune_both(IndexChannelsAtRunTime().eval(), torch.randn(2, 3, 6, 6), sparsity=0.5)
     assert pruned.a.out_channels == 8
 
 

@@ -12,19 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import fxprune
-from conftest import assert_pruned_equals_masked, model_digest
-
-
-def _both(model, inputs, **kw):
-    digest = model_digest(model)
-    out = []
-    for prune_bias in (True, False):
-        pruned = fxprune.prune(model, inputs, prune_bias=prune_bias, **kw)
-        assert model_digest(model) == digest
-        assert_pruned_equals_masked(model, inputs, pruned)
-        out.append(pruned)
-    return out
+from conftest import prune_both
 
 
 def rotate_half(x):
@@ -65,7 +53,7 @@ def test_rope_buffers_and_grouped_query_heads():
     torch.manual_seed(0)
     model = BufferRope().eval()
     x = torch.randn(2, 6, 32)
-    for pruned in _both(model, (x,), sparsity=0.5):
+    for pruned in prune_both(model, (x,), sparsity=0.5):
         # 2 kv heads -> 1, with the 2 query heads that share it; head_dim (8) and the buffers stay
         assert (pruned.q.out_features, pruned.k.out_features, pruned.o.in_features) == (16, 8, 16)
         assert pruned.cos.shape == model.cos.shape
@@ -74,7 +62,7 @@ def test_rope_buffers_and_grouped_query_heads():
 def test_rope_buffers_one_kv_head_per_query_head():
     torch.manual_seed(1)
     model = BufferRope(kv_heads=4).eval()
-    pruned, _ = _both(model, (torch.randn(2, 6, 32),), sparsity=0.5)
+    pruned, _ = prune_both(model, (torch.randn(2, 6, 32),), sparsity=0.5)
     assert (pruned.q.out_features, pruned.k.out_features) == (16, 16)
 
 
@@ -96,7 +84,7 @@ def test_slice_bounds_read_at_run_time():
     model = RuntimeBoundSlices().eval()
     with torch.no_grad():   # the first half outscores the second: each half still keeps 2 channels
         model.a.weight[:4] *= 50
-    for pruned in _both(model, (torch.randn(2, 3, 6, 6),), sparsity=0.5):
+    for pruned in prune_both(model, (torch.randn(2, 3, 6, 6),), sparsity=0.5):
         assert pruned.a.out_channels == 4
         assert pruned.left.in_channels == pruned.right.in_channels == 2
 
@@ -120,7 +108,7 @@ class UntrackedOverHeadDim(nn.Module):
 def test_untracked_operand_spanning_head_dim_keeps_it_whole():
     torch.manual_seed(2)
     model = UntrackedOverHeadDim().eval()
-    pruned, _ = _both(model, (torch.randn(2, 5, 16),), sparsity=0.5)
+    pruned, _ = prune_both(model, (torch.randn(2, 5, 16),), sparsity=0.5)
     # (with prune_bias=False a pruned head's kept bias times the run-time tensor is not known to be
     # one constant, so the heads stay)
     assert pruned.q.out_features == 8 and pruned.o.in_features == 2

@@ -7,19 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
-from conftest import RTOL, assert_pruned_equals_masked, fresh_like, model_digest
-
-
-def prune_both(model, inputs, sparsity=0.5, **kw):
-    """prune() with both prune_bias settings: pruned == masked, the model untouched; the pruned models."""
-    digest = model_digest(model)
-    out = []
-    for prune_bias in (True, False):
-        pruned = fxprune.prune(model, inputs, sparsity=sparsity, prune_bias=prune_bias, **kw)
-        assert model_digest(model) == digest
-        assert_pruned_equals_masked(model, inputs, pruned)
-        out.append(pruned)
-    return out
+from conftest import RTOL, fresh_like, prune_both
 
 
 def assert_dead_exact(model, inputs):

@@ -96,10 +96,13 @@ class FlowContext:
 
     def constant(self, i: int, name: str | None = None) -> torch.Tensor | None:
         """The real value of argument i when it is a ``get_attr`` (a buffer, a tensor constant), else None."""
+        return self.constant_of(self.node.args[i] if i < len(self.node.args) else self.node.kwargs.get(name))
+
+    def constant_of(self, arg) -> torch.Tensor | None:
+        """The real value of ``arg`` (as it appears in node.args) when it is a ``get_attr``, else None."""
         from .capture import attr
-        node = self.node.args[i] if i < len(self.node.args) else self.node.kwargs.get(name)
-        if isinstance(node, fx.Node) and node.op == "get_attr":
-            return attr(self.flow.module, node.target)
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            return attr(self.flow.module, arg.target)
         return None
 
     @property
@@ -239,6 +242,27 @@ class FlowContext:
         (output channel j is source channel perm[j]). The rewrite can replace the chain with one
         index_select, so the split need not keep a rectangle."""
         self.flow.permutations[self.node] = (split, source, dim, perm)
+
+    def couple(self, maps: list[ChannelMap], what: str) -> ChannelMap:
+        """Tensors that meet position by position (operands of an elementwise op, tensors stacked or
+        concatenated along a dim without channels) hold the same channels: prune them together. They
+        must hold channels on the same dims; ``what`` names them in the error. Returns the first map."""
+        first = maps[0]
+        for m in maps[1:]:
+            if m.dims != first.dims or m.shape != first.shape:
+                raise Unsupported(f"{what} hold channels on different dims")
+            self.union(first, m)
+        return first
+
+    def union_across(self, cmap: ChannelMap, dims: list[int]) -> torch.Tensor:
+        """Channels of ``cmap`` that differ only in their positions on the channel dims ``dims`` are
+        pruned together (a sum over those dims; dims that must keep every position). Returns the
+        ids with those dims dropped (one representative per unit)."""
+        across = [cmap.dims.index(d) for d in dims]
+        rest = [a for a in range(len(cmap.dims)) if a not in across]
+        rows = cmap.ids.permute(rest + across).reshape([cmap.ids.shape[a] for a in rest] + [-1])
+        self.union_ids(rows[..., :1].expand_as(rows), rows)
+        return rows[..., 0]
 
     def union(self, a: ChannelMap, b: ChannelMap) -> None:
         """Positions of a and b hold the same channel: prune them together."""

@@ -6,6 +6,8 @@ by their rule's ``rewrite_node``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.fx as fx
 
@@ -40,9 +42,7 @@ class RewriteContext:
             return sizes
         kept = self._kept(cmap)
         for axis, d in enumerate(cmap.dims):
-            others = [a for a in range(kept.dim()) if a != axis]
-            along = kept.any(dim=others) if others else kept
-            sizes[d] = int(along.sum())
+            sizes[d] = int(_along(kept, axis).sum())
         return sizes
 
     def kept_along(self, node: fx.Node, dim: int) -> torch.Tensor | None:
@@ -50,10 +50,7 @@ class RewriteContext:
         cmap, _ = self._map_and_shape(node)
         if cmap is None or dim not in cmap.dims:
             return None
-        kept = self._kept(cmap)
-        axis = cmap.dims.index(dim)
-        others = [a for a in range(kept.dim()) if a != axis]
-        return kept.any(dim=others) if others else kept
+        return _along(self._kept(cmap), cmap.dims.index(dim))
 
     def _kept(self, cmap) -> torch.Tensor:
         kept = torch.ones(cmap.ids.shape, dtype=torch.bool)
@@ -71,11 +68,7 @@ class RewriteContext:
         split, source, dim, perm = entry
         split_map = self.labels[split]
         kept = self._kept(split_map)
-        hull = 1
-        for axis in range(kept.dim()):
-            others = [a for a in range(kept.dim()) if a != axis]
-            hull *= int((kept.any(dim=others) if others else kept).sum())
-        if hull == int(kept.sum()):
+        if math.prod(int(_along(kept, axis).sum()) for axis in range(kept.dim())) == int(kept.sum()):
             return False
         kept_source = self._kept(self.labels[source])
         kept_out = self._kept(self.labels[node.name])
@@ -121,6 +114,13 @@ class RewriteContext:
         new = self.new_sizes(node)
         old = self.shapes.get(node.name)
         return new is not None and old is not None and new[dim] != old[dim]
+
+
+def _along(kept: torch.Tensor, axis: int) -> torch.Tensor:
+    """Per position on ``axis``: is any channel there kept? (a split's kept channels form a product of
+    these per-axis sets)"""
+    others = [a for a in range(kept.dim()) if a != axis]
+    return kept.any(dim=others) if others else kept
 
 
 def _free_name(gm: torch.nn.Module, base: str) -> str:

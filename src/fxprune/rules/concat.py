@@ -31,11 +31,7 @@ class CatRule(Rule):
             if out is None:
                 raise Unsupported("concatenation of channels spread over several dims")
             return out
-        first = labeled[0]
-        for m in labeled[1:]:
-            if m.dims != first.dims or m.shape != first.shape:
-                raise Unsupported("concatenated tensors hold channels on different dims")
-            ctx.union(first, m)
+        first = ctx.couple(labeled, "concatenated tensors")
         carry = torch.stack([m.carry for m in labeled]).amax(0)
         if len(labeled) > 1:  # each input's constant fills its own part of the cat dim: not one constant
             carry = torch.where(carry == CONST, VARY, carry)
@@ -146,11 +142,7 @@ class StackRule(Rule):
         if not labeled:
             return None
         dim = _dim(ctx, 1) % ctx.out.dim()
-        first = labeled[0]
-        for m in labeled[1:]:
-            if m.dims != first.dims or m.shape != first.shape:
-                raise Unsupported("stacked tensors hold channels on different dims")
-            ctx.union(first, m)
+        first = ctx.couple(labeled, "stacked tensors")
         carry = torch.stack([m.carry for m in labeled]).amax(0)
         if len(tensors) > 1:  # a pruned channel's constants (one per input) differ along the new dim
             carry = torch.where(carry == CONST, VARY, carry).to(torch.int8)

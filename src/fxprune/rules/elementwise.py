@@ -2,7 +2,6 @@
 same channels on both sides); an operand without channels decides what a pruned channel holds."""
 from __future__ import annotations
 
-import math
 import numbers
 import operator
 
@@ -40,9 +39,7 @@ class BinaryRule(Rule):
         ma = ma.align_to(nd) if ma is not None else None
         mb = mb.align_to(nd) if mb is not None else None
         if ma is not None and mb is not None:
-            if ma.dims != mb.dims or ma.shape != mb.shape:
-                raise Unsupported("operands hold channels on different dims")
-            ctx.union(ma, mb)
+            ctx.couple([ma, mb], "operands")
             ca, cb = ma.carry, mb.carry
             if kind == "add":
                 carry = torch.maximum(ca, cb)
@@ -74,24 +71,15 @@ class BinaryRule(Rule):
         if len(spanned) == len(cmap.dims):
             raise Unsupported("an operand without tracked channels spans the channel dim")
         if spanned:
-            _keep_dims_whole(ctx, cmap, spanned)
+            # (RoPE's cos and sin computed at run time over head_dim of (heads, head_dim)): the operand
+            # keeps its size on those dims, so they keep every position; a head is pruned whole
+            ctx.union_across(cmap, spanned)
         # broadcast along the channels: a pruned channel combines with values that vary
         if kind == "add":
             return cmap.map_carry(VARY, VARY)
         if kind == "mul":
             return cmap.map_carry(ZERO, VARY)
         return cmap.map_carry(ZERO, VARY) if first else cmap.map_carry(VARY, VARY)
-
-
-def _keep_dims_whole(ctx, cmap: ChannelMap, dims: list[int]) -> None:
-    """An operand without tracked channels spans some of several channel dims (RoPE's cos and sin,
-    computed at run time over head_dim of (heads, head_dim)): it keeps its size there, so those dims
-    must keep every position. The channels that share their index on the other channel dims (a head)
-    are pruned together."""
-    axes = [cmap.dims.index(d) for d in dims]
-    rest = [a for a in range(len(cmap.dims)) if a not in axes]
-    rows = cmap.ids.permute(rest + axes).reshape(math.prod(cmap.ids.shape[a] for a in rest), -1)
-    ctx.union_ids(rows[:, :1].expand_as(rows), rows)
 
 
 def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind: str, first: bool):

@@ -71,11 +71,7 @@ class PointwiseMathRule(Rule):
                 raise Unsupported(f"operand of type {type(value).__name__}")
         if not maps:
             return None
-        first = maps[0]
-        for other in maps[1:]:
-            if other.dims != first.dims or other.shape != first.shape:
-                raise Unsupported("operands hold channels on different dims")
-            ctx.union(first, other)
+        first = ctx.couple(maps, "operands")
         for t in untracked:
             shape = [1] * (nd - t.dim()) + list(t.shape)
             if any(shape[d] != 1 for d in first.dims):

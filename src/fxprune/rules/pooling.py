@@ -109,15 +109,13 @@ class ReduceRule(Rule):
 
 def _sum_some_channel_dims(ctx, cmap, dims: list[int], keepdim: bool):
     from ..channels import ChannelMap
-    summed = [a for a, d in enumerate(cmap.dims) if d in dims]
+    summed = [d for d in cmap.dims if d in dims]
+    ids = ctx.union_across(cmap, summed)
     rest = [a for a, d in enumerate(cmap.dims) if d not in dims]
-    ids = cmap.ids.permute(summed + rest).reshape(math.prod(cmap.ids.shape[a] for a in summed), -1)
-    for k in range(1, ids.shape[0]):
-        ctx.union_ids(ids[0], ids[k])
-    shape = [cmap.ids.shape[a] for a in rest]
-    carry = cmap.carry.permute(summed + rest).reshape(ids.shape).amax(0).reshape(shape)  # ZERO < CONST < VARY
+    across = [cmap.dims.index(d) for d in summed]
+    carry = cmap.carry.permute(rest + across).reshape(list(ids.shape) + [-1]).amax(-1)  # ZERO < CONST < VARY
     out_dims = tuple(cmap.dims[a] - (0 if keepdim else sum(r < cmap.dims[a] for r in dims)) for a in rest)
-    return ChannelMap(out_dims, ids[0].reshape(shape), carry, cmap.ndim - (0 if keepdim else len(dims)))
+    return ChannelMap(out_dims, ids, carry, cmap.ndim - (0 if keepdim else len(dims)))
 
 
 def _name(node) -> str:

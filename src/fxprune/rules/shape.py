@@ -232,15 +232,21 @@ class IndexSelectRule(Rule):
         if not isinstance(src, fx.Node) or ctx.old_shape(src) is None or not isinstance(index_node, fx.Node):
             return
         dim %= len(ctx.old_shape(src))
-        kept_in, kept_out = ctx.kept_along(src, dim), ctx.kept_along(node, dim)
-        if kept_in is None or kept_out is None or (bool(kept_in.all()) and bool(kept_out.all())):
-            return
-        if index_node.op != "get_attr":
-            return
-        from ..capture import attr
-        index = attr(ctx.gm, index_node.target)
-        new = (kept_in.cumsum(0) - 1)[index.reshape(-1).long()[kept_out]].to(index.dtype)
-        ctx.set_constant(node, index_node, new, "fxprune_channel_index")
+        _pick_kept(ctx, node, src, dim, dim, index_node)
+
+
+def _pick_kept(ctx, node: fx.Node, src: fx.Node, in_dim: int, out_dim: int, index_node: fx.Node) -> None:
+    """``node`` picks channels of ``src`` (dim ``in_dim``) by a buffer index into its dim ``out_dim``:
+    after pruning the buffer picks the kept ones from the pruned input, in the same order."""
+    from ..capture import attr
+    if index_node.op != "get_attr":
+        return
+    kept_in, kept_out = ctx.kept_along(src, in_dim), ctx.kept_along(node, out_dim)
+    if kept_in is None or kept_out is None or (bool(kept_in.all()) and bool(kept_out.all())):
+        return
+    index = attr(ctx.gm, index_node.target)
+    new = (kept_in.cumsum(0) - 1)[index.reshape(-1).long()[kept_out]].to(index.dtype)
+    ctx.set_constant(node, index_node, new, "fxprune_channel_index")
 
 
 @register(operator.getitem)
@@ -340,33 +346,19 @@ def _advanced_index(cmap: ChannelMap, items: list, ctx) -> ChannelMap | None:
 
 def _constant_item(ctx, k: int) -> torch.Tensor | None:
     """The real value of index item ``k`` of a getitem when it is a ``get_attr`` (a buffer)."""
-    from ..capture import attr
     raw = ctx.node.args[1]
     raw_items = list(raw) if isinstance(raw, tuple) else [raw]
     if Ellipsis in raw_items or k >= len(raw_items):
         return None
-    item = raw_items[k]
-    if isinstance(item, fx.Node) and item.op == "get_attr":
-        return attr(ctx.flow.module, item.target)
-    return None
+    return ctx.constant_of(raw_items[k])
 
 
 def _rewrite_channel_index(node: fx.Node, src: fx.Node, items: list, ctx) -> None:
-    """x[..., index] with a buffer index on the channel dim: the buffer picks the kept channels from
-    the pruned input, in the same order."""
-    from ..capture import attr
+    """x[..., index] with a buffer index on the channel dim (see _pick_kept)."""
     for k, item in enumerate(items):
-        if not (isinstance(item, fx.Node) and item.op == "get_attr"):
-            continue
-        pos = sum(1 for i in items[:k] if i is not None)
-        kept_in = ctx.kept_along(src, pos)
-        out_dim = pos + sum(1 for i in items[:k] if i is None)
-        kept_out = ctx.kept_along(node, out_dim)
-        if kept_in is None or kept_out is None or (bool(kept_in.all()) and bool(kept_out.all())):
-            continue
-        index = attr(ctx.gm, item.target)
-        new = (kept_in.cumsum(0) - 1)[index.long()[kept_out]].to(index.dtype)
-        ctx.set_constant(node, item, new, "fxprune_channel_index")
+        if isinstance(item, fx.Node):
+            pos = sum(1 for i in items[:k] if i is not None)
+            _pick_kept(ctx, node, src, pos, pos + sum(1 for i in items[:k] if i is None), item)
 
 
 def _slice_taken(ctx, src: fx.Node, node: fx.Node, pos: int, out_pos: int) -> tuple[int, int]:
