@@ -21,6 +21,7 @@ import torch
 import fxprune
 from fxprune.analysis import analyze
 from fxprune.capture import capture
+from fxprune.dump import digraph, widths
 from zoo import ZOO_BY_NAME
 
 dump_module = importlib.import_module("fxprune.dump")  # fxprune.dump is the function
@@ -153,7 +154,7 @@ def test_cli_inspect_and_prune_then_load_in_a_fresh_process(model_file, tmp_path
     module = _import_model_file(model_file)
     model = module.make()
     inputs = _example_inputs()
-    gm, _ = capture(model)
+    gm = capture(model)
     analysis = analyze(gm, inputs)
     for g in analysis.groups:
         assert g.pattern in out
@@ -340,7 +341,7 @@ def _contains_every_group_and_barrier(text, analysis):
 @pytest.mark.parametrize("collapse", [True, False, 1])
 def test_to_dot_has_every_group_and_barrier(collapse):
     for model, inputs in [_barrier_model(), (ZOO_BY_NAME["resnet_basic"][0](), ZOO_BY_NAME["resnet_basic"][1]())]:
-        gm, _ = capture(model)
+        gm = capture(model)
         analysis = analyze(gm, inputs)
         text = dump_module.to_dot(analysis, collapse=collapse)
         assert text.startswith("digraph")
@@ -350,7 +351,7 @@ def test_to_dot_has_every_group_and_barrier(collapse):
 
 def test_collapse_boxes_blocks():
     f, inp = ZOO_BY_NAME["resnet_basic"]
-    gm, _ = capture(f())
+    gm = capture(f())
     analysis = analyze(gm, inp())
     collapsed = dump_module.to_dot(analysis)
     expanded = dump_module.to_dot(analysis, collapse=False)
@@ -361,7 +362,7 @@ def test_collapse_boxes_blocks():
 
 def test_expand_opens_one_block_in_a_dashed_frame():
     f, inp = ZOO_BY_NAME["resnet_basic"]
-    gm, _ = capture(f())
+    gm = capture(f())
     analysis = analyze(gm, inp())
     text = dump_module.to_dot(analysis, expand=("layer2.0",))
     assert '"box:layer2.0"' not in text and '"box:layer1.0"' in text and '"box:layer2.1"' in text
@@ -377,7 +378,7 @@ def test_dump_writes_stages_with_plan(tmp_path):
     model, inputs = _barrier_model()
     written = fxprune.dump(model, inputs, tmp_path, sparsity=0.5, formats=("svg",))
     assert set(written) == {"captured", "groups", "pruned"}
-    gm, _ = capture(model)
+    gm = capture(model)
     analysis = analyze(gm, inputs)
     groups = (tmp_path / "groups.dot").read_text()
     _contains_every_group_and_barrier(groups, analysis)
@@ -415,7 +416,7 @@ def test_svg_and_png_render(tmp_path):
 
 
 def test_without_dot_one_warning_and_dot_files_only(tmp_path, monkeypatch):
-    monkeypatch.setattr(dump_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     model, inputs = _barrier_model()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -441,7 +442,7 @@ def test_dump_from_a_pruned_model_matches_its_plan(tmp_path):
 
 def test_to_networkx_groups_and_widths():
     for model, inputs in [_barrier_model(), (ZOO_BY_NAME["gpt_manual"][0](), ZOO_BY_NAME["gpt_manual"][1]())]:
-        gm, _ = capture(model)
+        gm = capture(model)
         analysis = analyze(gm, inputs)
         g = fxprune.to_networkx(analysis)
         groups = {n: d for n, d in g.nodes(data=True) if d["type"] == "group"}
@@ -452,7 +453,7 @@ def test_to_networkx_groups_and_widths():
             # every producer of the group points at it, with an index map into the group's units
             covered = set()
             for s in grp.producers:
-                sid = dump_module._site_id(s)
+                sid = digraph._site_id(s)
                 e = g.edges[sid, f"group:{grp.index}"]
                 assert e["kind"] == "producer" and len(e["index_map"]) == s.ids.numel()
                 assert all(0 <= j < grp.width for j in e["index_map"])  # a producer's rows are all in its group
@@ -473,7 +474,7 @@ def test_plot_widths_svg_and_png(tmp_path):
     text = open(svg).read()
     assert text.lstrip().startswith(("<?xml", "<svg"))
     assert "block.conv1" in text and "stem" in text
-    svg2 = dump_module._svg_widths(dump_module._width_rows(pruned.meta["fxprune"].to_dict()), "t")
+    svg2 = widths._svg_widths(widths._width_rows(pruned.meta["fxprune"].to_dict()), "t")
     assert "stem" in svg2
     if shutil.which("dot") or importlib.util.find_spec("matplotlib"):
         png = fxprune.plot_widths(pruned, tmp_path / "w.png")

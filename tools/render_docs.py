@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import fxprune  # noqa: E402
-from fxprune.dump import _render_files, pruned_to_dot, to_dot  # noqa: E402
+from fxprune import api  # noqa: E402
+from fxprune.dump import pruned_to_dot, to_dot  # noqa: E402
+from fxprune.dump.dot import _render_files  # noqa: E402
 from zoo import ZOO_BY_NAME  # noqa: E402
 
 
@@ -41,8 +43,6 @@ def _gpt_one_layer():
 def _prune(name: str, views: dict, sparsity: float = 0.5):
     """Prune zoo network ``name``; ``views``: {picture: to_dot kwargs} of the groups, drawn with the
     plan before the pipeline rewrites the captured graph in place. Returns (DOT texts, state, pruned)."""
-    from fxprune import api
-
     if name == "gpt_one_layer":
         model, inputs = _gpt_one_layer()
     else:

@@ -4,11 +4,12 @@
     report = pruned.meta["fxprune"]
 """
 from . import rules
-from .api import PrunePass, eliminate_dead_channels, prune
 from .capture import CaptureError
-from .dump import dump, load, plot_widths, save, to_networkx
-from .masked import apply_masks, update_masks
-from .measure import measure_latency
-from .patterns import find_patterns
+from .dump import plot_widths, to_networkx
+from .saving import load, save
+# last: ``fxprune.dump`` is the function (the package fxprune.dump stays importable by its full name)
+from .api import (PrunePass, apply_masks, dump, eliminate_dead_channels, find_patterns, measure_latency, prune,
+                  update_masks)
 
-__all__ = ["prune", "eliminate_dead_channels", "apply_masks", "update_masks", "find_patterns", "measure_latency", "PrunePass", "CaptureError", "rules"]
+__all__ = ["prune", "eliminate_dead_channels", "apply_masks", "update_masks", "find_patterns", "measure_latency",
+           "dump", "plot_widths", "to_networkx", "save", "load", "PrunePass", "CaptureError", "rules"]

@@ -1,6 +1,16 @@
-"""prune(): the whole pipeline, and PrunePass for torch.fx's PassManager."""
+"""The public entry points, on top of the pipeline: :func:`prune`, :func:`apply_masks`,
+:func:`update_masks`, :func:`eliminate_dead_channels`, :func:`find_patterns`, :func:`dump`,
+:func:`measure_latency`, and :class:`PrunePass` for torch.fx's PassManager. No stage imports this
+module.
+
+The pipeline: capture -> analysis -> saliency -> masks (the plan) -> masked -> rewrite -> verify ->
+report (and dumps).
+"""
 from __future__ import annotations
 
+import functools
+import gc
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -8,15 +18,52 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._gc import gc_paused
 from .analysis import Analysis, analyze
-from .capture import FakeShapeProp, capture, normalize_inputs
+from .capture import capture
 from .channels import CONST
-from .masked import build_masked, masked_view
+from .dump import STAGES, stage_texts, write_dumps, write_stages
+from .graph import FakeShapeProp, normalize_inputs, private_copy
+from .interop import take_masks
+from .masked import build_masked, masked_view, write_masks
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
+from .measure import time_pair
 from .report import Report, build_report, model_bytes
 from .rewrite import rewrite
-from .verify import RecordingInterpreter, copies, verification_mode, max_abs_diff, output_keeps, relative_diff
+from .verify import RecordingInterpreter, copies, max_abs_diff, output_keeps, relative_diff, verification_mode
+
+
+def gc_paused(fn):
+    """Run ``fn`` with Python's cyclic garbage collector paused, then collect the young generation.
+
+    The pass allocates many small long-lived objects (fx nodes, fake tensors, channel units), which
+    would trigger a full collection in the middle of it: that scans every object of the process
+    (about 0.15 s with torch imported) and finds nothing of ours to free. Collecting the young
+    generation afterwards frees the pass's own cyclic garbage (discarded graph copies) at once."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+            gc.collect(0)
+    return wrapper
+
+
+def capture_model(model) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
+    """A captured private copy of ``model``, without the masks it carried, and those masks.
+
+    Example::
+
+        gm, masks = capture_model(apply_masks(model, (x,), sparsity=0.5))   # gm: the unmasked graph
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
+    own = private_copy(model)
+    masks = take_masks(own)
+    return capture(own, copy=False), masks
 
 
 @dataclass
@@ -37,7 +84,7 @@ def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prun
         raise ValueError("give either masks= or sparsity=, not both")
     if masks is not None and not isinstance(masks, dict):
         raise ValueError(f"masks must be a dict of tensor name -> bool keep-mask, got {type(masks).__name__}")
-    gm, embedded = capture(model)
+    gm, embedded = capture_model(model)
     analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
     if masks is not None:
         flags = units_from_masks(analysis, masks)
@@ -140,8 +187,7 @@ def _finish(state: _State, prune_bias: bool, verify: bool = True, dump_dir=None)
         report.max_abs_diff = report.rel_diff = None
     pruned.meta["fxprune"] = report
     if dump_dir is not None:  # captured/groups/pruned .dot (+ .svg/.png with Graphviz), see fxprune.dump
-        from .dump import dump_state
-        dump_state(state, pruned, dump_dir)
+        write_dumps(dump_dir, state.analysis, state.plan, pruned, stacklevel=4)  # warnings: prune()'s caller
     return pruned
 
 
@@ -161,7 +207,7 @@ def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphM
         assert torch.allclose(smaller(x), model(x))
     """
     inputs = normalize_inputs(example_inputs)
-    gm, _ = capture(model)
+    gm, _ = capture_model(model)
     analysis = analyze(gm, inputs, prune_bias=True, dead=True)
     flags = torch.zeros(analysis.n_elements, dtype=torch.bool)
     for g in analysis.groups:
@@ -191,3 +237,146 @@ class PrunePass:
         if "fxprune" in getattr(gm, "meta", {}):  # already pruned (a PassManager running to a fixed point)
             return PassResult(gm, False)
         return PassResult(prune(gm, self.example_inputs, **self.kwargs), True)
+
+
+@gc_paused
+def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str = "l1",
+                prune_bias: bool = True, prune_outputs: bool = False, ignore=(), **selection) -> fx.GraphModule:
+    """The masked model: a new GraphModule computing ``model`` with the pruned channels held at zero.
+
+    Example::
+
+        masked = fxprune.apply_masks(model, (x,), sparsity=0.5)
+        opt = torch.optim.SGD(masked.parameters(), lr=0.01)
+        ...                                   # fine-tune: pruned channels stay zero
+        fxprune.update_masks(masked, sparsity=0.7)   # re-score, in place
+        pruned = fxprune.prune(masked, (x,))  # the masks come with the model
+    """
+    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
+                     **selection)
+    masked = build_masked(state.gm, state.plan, prune_bias)
+    masked.meta["fxprune_masked"] = {"example_inputs": state.inputs, "prune_bias": prune_bias,
+                                     "prune_outputs": prune_outputs}
+    return masked
+
+
+@gc_paused
+def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1", ignore=(), **selection) -> dict:
+    """Re-score the masked model's current (masked) weights and write new masks into it, in place.
+
+    Returns the new masks keyed by tensor fqn. Channels masked before score zero, so at a higher
+    sparsity they stay pruned.
+    """
+    info = getattr(masked, "meta", {}).get("fxprune_masked")
+    if info is None:
+        raise ValueError("update_masks expects a model returned by fxprune.apply_masks")
+    select = Selection(sparsity, criterion, ignore, **selection)
+    select.check()
+    gm, _ = capture_model(masked)
+    analysis = analyze(gm, info["example_inputs"], info["prune_bias"], info["prune_outputs"])
+    flags = units_from_sparsity(analysis, masked, select)
+    plan = make_plan(analysis, flags)
+    write_masks(masked, plan, info["prune_bias"])
+    return plan.tensor_masks()
+
+
+@gc_paused
+def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> list[dict]:
+    """The channel groups of ``model``, each with its pattern name, producers, width and whether it
+    can be pruned (and if not, why). ``model`` is not modified.
+
+    Example::
+
+        for g in fxprune.find_patterns(model, (x,)):
+            print(g["pattern"], g["producers"], g["width"], g["blocked"])
+    """
+    gm, _ = capture_model(model)
+    analysis = analyze(gm, normalize_inputs(example_inputs), prune_bias, prune_outputs)
+    return [
+        {"pattern": g.pattern, "producers": [s.fqn(next(iter(s.tensors))) for s in g.producers],
+         "width": g.width, "prunable": sum(1 for u in g.units if u.blocked is None), "blocked": g.blocked}
+        for g in analysis.groups
+    ]
+
+
+def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=None, collapse=True,
+         formats=("svg", "png"), expand=(), **prune_kwargs) -> dict[str, list[str]]:
+    """Write ``captured.dot``, ``groups.dot`` and ``pruned.dot`` to ``out_dir`` (and ``.svg`` and
+    ``.png`` of each when the Graphviz ``dot`` binary is found; otherwise one warning says how to
+    install it). The model is not modified.
+
+    What is pruned: ``pruned`` (a GraphModule returned by :func:`fxprune.prune` for this model), or
+    ``prune_kwargs`` as for :func:`fxprune.prune` (``sparsity=0.5``, ``masks=...``), or the masks the
+    model carries (:func:`fxprune.apply_masks`, torch.ao, torch.nn.utils.prune); with none of them,
+    the groups are drawn without a plan and the ``pruned`` stage is skipped.
+
+    Example::
+
+        fxprune.dump(model, (x,), "dumps", sparsity=0.5)       # dumps/groups.svg, ...
+        fxprune.dump(model, (x,), "dumps", stages=("groups",), collapse=False)
+        fxprune.dump(model, (x,), "dumps", sparsity=0.5, expand=("layer2.0",))   # one block drawn open
+
+    Returns ``{stage: [files written]}``.
+    """
+    prune_kwargs.pop("dump_dir", None)
+    inputs = normalize_inputs(example_inputs)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown dump stage(s) {unknown}; choose from {list(STAGES)}")
+    gm = embedded = None
+    if pruned is None and not prune_kwargs:
+        gm, embedded = capture_model(model_or_graph_module)  # masks the model carries are a plan too
+    if pruned is None and (prune_kwargs or embedded):
+        bound = inspect.signature(prune).bind(model_or_graph_module, inputs, **prune_kwargs)
+        bound.apply_defaults()
+        args = dict(bound.arguments)
+        args.pop("dump_dir", None)
+        verify = args.pop("verify", True)
+        model, inp = args.pop("model"), args.pop("example_inputs")
+        base = ("masks", "sparsity", "criterion", "prune_bias", "prune_outputs", "ignore")
+        state = _prepare(model, inp, **{k: args.pop(k) for k in base}, **args)
+        texts = stage_texts(state.analysis, state.plan, None, [s for s in stages if s != "pruned"], collapse,
+                             expand)
+        # the pipeline rewrites its graph in place: the captured and groups stages are drawn first
+        pruned = _finish(state, bound.arguments["prune_bias"], verify)
+        if "pruned" in stages:
+            texts.update(stage_texts(state.analysis, state.plan, pruned, ["pruned"], collapse, expand))
+        texts = {s: texts[s] for s in stages if s in texts}
+        return write_stages(str(out_dir), texts, formats)
+    report = getattr(pruned, "meta", {}).get("fxprune") if pruned is not None else None
+    prune_bias = report.prune_bias if report is not None else True
+    prune_outputs = bool(report.outputs_changed) if report is not None else False
+    if gm is None:
+        gm, embedded = capture_model(model_or_graph_module)
+    analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
+    plan = None
+    masks = report.masks if report is not None else embedded
+    if masks:
+        plan = make_plan(analysis, units_from_masks(analysis, masks, strict=False))
+    elif report is not None:
+        plan = make_plan(analysis, torch.zeros(analysis.n_elements, dtype=torch.bool))
+    texts = stage_texts(analysis, plan, pruned, stages, collapse, expand)
+    return write_stages(str(out_dir), texts, formats)
+
+
+def measure_latency(model, pruned, example_inputs, runs: int = 10, warmup: int = 2) -> tuple[float, float]:
+    """Time ``model`` (before) and ``pruned`` (what :func:`fxprune.prune` returned for it) on
+    ``example_inputs``: the median of ``runs`` forward passes each after ``warmup`` passes, under
+    ``torch.no_grad()``, in the mode the models are in; buffers are restored afterwards.
+
+    Records the result in the pruned model's report (``pruned.meta["fxprune"].latency_before_ms``,
+    ``latency_after_ms``, ``latency_runs``, ``latency_device``), so ``str(report)`` and
+    ``report.to_dict()`` show it, and returns ``(before_ms, after_ms)``. Any two modules that take the
+    same inputs can be timed; without a report, nothing is recorded.
+
+    Example::
+
+        pruned = fxprune.prune(model, (x,), sparsity=0.5)
+        before_ms, after_ms = fxprune.measure_latency(model, pruned, (x,), runs=20)
+    """
+    report = getattr(pruned, "meta", {}).get("fxprune") if hasattr(pruned, "meta") else None
+    if report is not None:
+        report.measure_latency(model, pruned, example_inputs, runs, warmup)
+        return report.latency_before_ms, report.latency_after_ms
+    before, after, _ = time_pair(model, pruned, example_inputs, runs, warmup)
+    return before, after

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.fx.node import map_aggregate
 
 # What a pruned element holds at a given tensor position. Ordered: combining takes the max.
 ZERO, CONST, VARY = 0, 1, 2
@@ -271,3 +272,10 @@ class ParamView:
                 return None
             dims[big_out[0]] = self.dims[big_in[0]]
         return ParamView(self.target, tuple(dims), self.shape)
+
+
+def maps_in(tree) -> list[ChannelMap]:
+    """The channel maps in a nested structure of labels (a node's label, or its args' labels)."""
+    found: list[ChannelMap] = []
+    map_aggregate(tree, lambda x: found.append(x) if isinstance(x, ChannelMap) else None)
+    return found

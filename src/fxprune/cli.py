@@ -19,7 +19,16 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import warnings
+
+import torch
+import torch.nn as nn
+
+from . import api, saving
+from .analysis import analyze
+from .dump import plot_widths, stage_texts, write_stages
+from .examples import demo_models
 
 
 class UsageError(Exception):
@@ -75,7 +84,6 @@ def load_model(spec: str):
         model = factory()
     except Exception as e:
         raise ModelError(f"{where}:{attr}() raised {type(e).__name__}: {_one_line(e)}") from e
-    import torch.nn as nn
     if not isinstance(model, nn.Module):
         kind = type(model).__name__
         article = "an" if kind[:1].lower() in "aeiou" else "a"
@@ -91,8 +99,6 @@ _DTYPES = {"float": "float32", "float32": "float32", "float64": "float64", "doub
 def parse_input_shape(text: str):
     """``1,3,224,224`` (float32, standard normal), ``2,8:long`` (integers in [0, 2)) or
     ``2,8:long:96`` (integers in [0, 96), e.g. token ids)."""
-    import torch
-
     parts = text.split(":")
     if len(parts) > 3:
         raise UsageError(f"bad --input-shape {text!r}: expected SHAPE[:DTYPE[:HIGH]] like 1,3,224,224 or 2,8:long:96")
@@ -119,8 +125,6 @@ def parse_input_shape(text: str):
 
 
 def make_inputs(shapes, seed: int = 0) -> tuple:
-    import torch
-
     g = torch.Generator().manual_seed(seed)
     out = []
     for shape, dtype, high in shapes:
@@ -148,11 +152,8 @@ def _model_and_inputs(args):
 
 
 def _analyze(model, inputs):
-    from .analysis import analyze
-    from .capture import capture
-
     try:
-        gm, _ = capture(model)
+        gm, _ = api.capture_model(model)
         return gm, analyze(gm, inputs)
     except Exception as e:
         raise ModelError(_one_line(e)) from e
@@ -185,16 +186,13 @@ def _inspect(args) -> int:
     else:
         print("barriers: none")
     if args.dump_dir:
-        from .dump import _stage_texts, _write_stages
-        written = _write_stages(args.dump_dir, _stage_texts(analysis, None, None, ("captured", "groups"), True))
+        written = write_stages(args.dump_dir, stage_texts(analysis, None, None, ("captured", "groups"), True))
         print()
         print("dumps: " + ", ".join(p for files in written.values() for p in files))
     return 0
 
 
 def _prune(args) -> int:
-    import fxprune
-
     if not 0 <= args.sparsity < 1:
         raise UsageError(f"--sparsity must be in [0, 1), got {args.sparsity}")
     if args.round_to < 1:
@@ -203,7 +201,7 @@ def _prune(args) -> int:
         raise UsageError(f"--latency-runs must be a positive integer, got {args.latency_runs}")
     model, inputs = _model_and_inputs(args)
     try:
-        pruned = fxprune.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion,
+        pruned = api.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion,
                                global_ranking=args.global_ranking, round_to=args.round_to,
                                ignore=tuple(args.ignore or ()), dump_dir=args.dump_dir)
     except (ValueError, TypeError, RuntimeError) as e:
@@ -211,11 +209,11 @@ def _prune(args) -> int:
     report = pruned.meta["fxprune"]
     if not args.no_latency:  # forward passes of both models: measured here, not by prune()
         try:
-            fxprune.measure_latency(model, pruned, inputs, runs=args.latency_runs)
+            api.measure_latency(model, pruned, inputs, runs=args.latency_runs)
         except Exception as e:
             raise ModelError(f"timing the models failed: {_one_line(e)}") from e
     if args.output:
-        fxprune.save(pruned, args.output)
+        saving.save(pruned, args.output)
     if args.json:
         d = report.to_dict()
         d["output"] = args.output
@@ -231,29 +229,23 @@ def _prune(args) -> int:
 
 
 def _json_default(o):
-    import torch
     if isinstance(o, torch.Tensor):
         return o.tolist()
     return str(o)
 
 
 def _demo(args) -> int:
-    import time
-
-    import fxprune
-    from fxprune.examples import demo_models
-
     for name, model, inputs in demo_models():
         start = time.perf_counter()
-        pruned = fxprune.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion)
+        pruned = api.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion)
         took = time.perf_counter() - start
-        fxprune.measure_latency(model, pruned, inputs, runs=10)
+        api.measure_latency(model, pruned, inputs, runs=10)
         print(f"== {name}: prune(sparsity={args.sparsity}, criterion={args.criterion!r}) in {took * 1000:.0f} ms")
         print(pruned.meta["fxprune"])
         if args.dump_dir:
             out = os.path.join(args.dump_dir, name)
-            fxprune.dump(model, inputs, out, pruned=pruned)
-            fxprune.plot_widths(pruned, os.path.join(out, "widths.svg"))
+            api.dump(model, inputs, out, pruned=pruned)
+            plot_widths(pruned, os.path.join(out, "widths.svg"))
             print(f"dumps in {out}")
         print()
     return 0

@@ -14,10 +14,10 @@ import torch
 import torch.fx as fx
 from torch.nn.utils import parametrize
 
-from ._gc import gc_paused
-from .capture import attr, owner_of, private_copy
+from .graph import MASK_TAG, ROWS_TAG, attr, owner_of, private_copy
 from .masks import Plan, RowMask
 from .rules import Rule
+from .rules.norm import MaskedLayerNorm
 
 
 def _sites_by_owner(plan: Plan) -> dict[str, list]:
@@ -37,15 +37,6 @@ def _rows(keep: torch.Tensor, gates: int, n_rows: int, kind: str) -> torch.Tenso
     return keep.repeat_interleave(n_rows // keep.numel())
 
 
-def param_site_dim(site) -> tuple[str, int]:
-    """(parameter name, dim) of a "param" site, whose role is "name:dimP"."""
-    name, _, dim = site.role.rpartition(":dim")
-    return name, int(dim)
-
-
-MASK_TAG = "fxprune_param_mask"
-
-
 def _keep_name(target: str, dim: int) -> str:
     return f"_fxprune_keep_{target.replace('.', '_')}_dim{dim}"
 
@@ -54,19 +45,15 @@ def _mask_param(gm: fx.GraphModule, owner: str, site, keep: torch.Tensor, bake: 
     """Hold a get_attr parameter's pruned entries at zero. Baked: in the parameter itself. Masked model:
     a ``mul`` by a keep buffer after each get_attr of it (a parametrization would have to live on the
     module that owns the parameter, and that may be the GraphModule itself)."""
-    name, dim = param_site_dim(site)
+    name, dim = site.param_dim()
     _mask_attr(gm, f"{owner}.{name}" if owner else name, keep, dim, bake)
-
-
-#: on the keep buffer's get_attr node of a producer's rows: the tensor fqn, to read the mask back
-ROWS_TAG = "fxprune_rows_of"
 
 
 def _mask_attr(gm: fx.GraphModule, target: str, keep: torch.Tensor, dim: int, bake: bool,
                producer: bool = False) -> None:
     """Hold the entries of the get_attr tensor ``target`` along ``dim`` where ``keep`` is False at zero
     (see :func:`_mask_param`). ``producer``: ``keep`` is a producer's row mask (``F.linear(x, self.w)``),
-    which :func:`strip_param_masks` reads back when a masked model is pruned."""
+    which :func:`fxprune.interop.strip_param_masks` reads back when a masked model is pruned."""
     param = attr(gm, target)
     shape = [1] * param.dim()
     shape[dim] = -1
@@ -89,33 +76,6 @@ def _mask_attr(gm: fx.GraphModule, target: str, keep: torch.Tensor, dim: int, ba
             if producer:
                 k.meta[ROWS_TAG] = target
             node.replace_all_uses_with(masked, delete_user_cb=lambda u: u is not masked)
-
-
-def strip_param_masks(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
-    """Undo _mask_param and rules' masked_node on a copy of a masked model (prune() of a masked model).
-    Returns the row masks of producers whose weights are get_attr tensors, keyed by fqn."""
-    masks: dict[str, torch.Tensor] = {}
-    changed = False
-    for node in gm.graph.nodes:
-        if "fxprune_restore" in node.meta:  # (original target, how many leading args it takes)
-            target, n_args = node.meta.pop("fxprune_restore")
-            node.target, node.args, node.kwargs = target, node.args[:n_args], {}
-            changed = True
-    for node in list(gm.graph.nodes):
-        if node.meta.get(MASK_TAG) and node.op == "call_function":
-            node.replace_all_uses_with(node.args[0])
-            gm.graph.erase_node(node)
-            changed = True
-    for node in list(gm.graph.nodes):
-        if node.meta.get(MASK_TAG) and node.op == "get_attr":
-            gm.graph.erase_node(node)
-            if hasattr(gm, node.target):  # several get_attr nodes may read one keep buffer
-                if ROWS_TAG in node.meta:
-                    masks[node.meta[ROWS_TAG]] = getattr(gm, node.target).detach().reshape(-1).bool().clone()
-                delattr(gm, node.target)
-    if changed:
-        gm.recompile()
-    return masks
 
 
 def _has_custom_mask(rule) -> bool:
@@ -213,54 +173,14 @@ def masked_view(baked: fx.GraphModule, plan: Plan, prune_bias: bool) -> fx.Graph
     return view
 
 
-@gc_paused
-def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str = "l1",
-                prune_bias: bool = True, prune_outputs: bool = False, ignore=(), **selection) -> fx.GraphModule:
-    """The masked model: a new GraphModule computing ``model`` with the pruned channels held at zero.
-
-    Example::
-
-        masked = fxprune.apply_masks(model, (x,), sparsity=0.5)
-        opt = torch.optim.SGD(masked.parameters(), lr=0.01)
-        ...                                   # fine-tune: pruned channels stay zero
-        fxprune.update_masks(masked, sparsity=0.7)   # re-score, in place
-        pruned = fxprune.prune(masked, (x,))  # the masks come with the model
-    """
-    from .api import _prepare
-
-    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
-                     **selection)
-    masked = build_masked(state.gm, state.plan, prune_bias)
-    masked.meta["fxprune_masked"] = {"example_inputs": state.inputs, "prune_bias": prune_bias,
-                                     "prune_outputs": prune_outputs}
-    return masked
-
-
-def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1", ignore=(), **selection) -> dict:
-    """Re-score the masked model's current (masked) weights and write new masks into it, in place.
-
-    Returns the new masks keyed by tensor fqn. Channels masked before score zero, so at a higher
-    sparsity they stay pruned.
-    """
-    from .analysis import analyze
-    from .capture import capture
-    from .masks import Selection, make_plan, units_from_sparsity
-    from .rules.norm import MaskedLayerNorm
-
-    info = getattr(masked, "meta", {}).get("fxprune_masked")
-    if info is None:
-        raise ValueError("update_masks expects a model returned by fxprune.apply_masks")
-    select = Selection(sparsity, criterion, ignore, **selection)
-    select.check()
-    gm, _ = capture(masked)
-    analysis = analyze(gm, info["example_inputs"], info["prune_bias"], info["prune_outputs"])
-    flags = units_from_sparsity(analysis, masked, select)
-    plan = make_plan(analysis, flags)
+def write_masks(masked: fx.GraphModule, plan: Plan, prune_bias: bool) -> None:
+    """Write the plan's masks into a masked model made by :func:`build_masked`, in place: into the same
+    keep buffers and parametrizations, so an optimizer built on it keeps working (``update_masks``)."""
     nodes = {n.name: n for n in masked.graph.nodes}
     for owner, sites in _sites_by_owner(plan).items():
         rule = sites[0].rule
         if owner in nodes and hasattr(rule, "masked_node"):
-            rule.masked_node(masked, nodes[owner], {s.role: plan.site_keep(s) for s in sites}, info["prune_bias"])
+            rule.masked_node(masked, nodes[owner], {s.role: plan.site_keep(s) for s in sites}, prune_bias)
             continue
         try:
             module = masked.get_submodule(owner)
@@ -268,7 +188,7 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
             continue
         for s in sites:
             if s.kind == "param":
-                if info["prune_bias"] and s.zeroed:
+                if prune_bias and s.zeroed:
                     _mask_param(masked, owner, s, plan.site_keep(s, for_removal=False), bake=False)
                 continue
             if isinstance(module, MaskedLayerNorm):
@@ -289,4 +209,3 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
                     for p in holder.parametrizations[leaf]:
                         if isinstance(p, RowMask):
                             p.keep.copy_(_rows(keep, gates, p.keep.numel(), s.kind))
-    return plan.tensor_masks()

@@ -17,7 +17,10 @@ import time
 
 import torch
 
-__all__ = ["measure_latency", "time_pair"]
+from .graph import normalize_inputs
+from .verify import verification_mode
+
+__all__ = ["time_pair"]
 
 
 def _sync(device: str) -> None:
@@ -33,9 +36,6 @@ def time_pair(model, pruned, example_inputs, runs: int = 10, warmup: int = 2) ->
     models are in (``eval()`` or ``train()``, as ``prune()`` captured them) with dropout off, and every
     buffer (BatchNorm statistics) is restored afterwards, so neither model changes.
     """
-    from .capture import normalize_inputs
-    from .verify import verification_mode
-
     if int(runs) < 1:
         raise ValueError(f"runs must be a positive integer, got {runs}")
     if int(warmup) < 0:
@@ -55,26 +55,3 @@ def time_pair(model, pruned, example_inputs, runs: int = 10, warmup: int = 2) ->
                 if i >= warmup:
                     times[k].append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times[0]), statistics.median(times[1]), device
-
-
-def measure_latency(model, pruned, example_inputs, runs: int = 10, warmup: int = 2) -> tuple[float, float]:
-    """Time ``model`` (before) and ``pruned`` (what :func:`fxprune.prune` returned for it) on
-    ``example_inputs``: the median of ``runs`` forward passes each after ``warmup`` passes, under
-    ``torch.no_grad()``, in the mode the models are in; buffers are restored afterwards.
-
-    Records the result in the pruned model's report (``pruned.meta["fxprune"].latency_before_ms``,
-    ``latency_after_ms``, ``latency_runs``, ``latency_device``), so ``str(report)`` and
-    ``report.to_dict()`` show it, and returns ``(before_ms, after_ms)``. Any two modules that take the
-    same inputs can be timed; without a report, nothing is recorded.
-
-    Example::
-
-        pruned = fxprune.prune(model, (x,), sparsity=0.5)
-        before_ms, after_ms = fxprune.measure_latency(model, pruned, (x,), runs=20)
-    """
-    report = getattr(pruned, "meta", {}).get("fxprune") if hasattr(pruned, "meta") else None
-    if report is not None:
-        report.measure_latency(model, pruned, example_inputs, runs, warmup)
-        return report.latency_before_ms, report.latency_after_ms
-    before, after, _ = time_pair(model, pruned, example_inputs, runs, warmup)
-    return before, after

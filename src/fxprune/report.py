@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .channels import CONST
+from .measure import time_pair
+from .verify import relative_diff
 
 
 @dataclass
@@ -58,7 +60,6 @@ class Report:
         """Time ``model`` and ``pruned`` on ``example_inputs`` (median of ``runs`` forward passes each,
         after ``warmup``, under no_grad, in the mode the models are in, buffers restored) and record it
         in ``latency_before_ms`` / ``latency_after_ms``. Returns ``self``. See :func:`fxprune.measure_latency`."""
-        from .measure import time_pair
         before, after, device = time_pair(model, pruned, example_inputs, runs, warmup)
         self.latency_before_ms, self.latency_after_ms = before, after
         self.latency_runs, self.latency_device = runs, device
@@ -67,7 +68,6 @@ class Report:
 
     def compare(self, masked_out, pruned_out) -> float:
         """max |pruned - masked| / max(1, max |masked|) for outputs of the two models on any input."""
-        from .verify import relative_diff
         return relative_diff(masked_out, pruned_out, self.output_keeps)
 
     def __str__(self) -> str:

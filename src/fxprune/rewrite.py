@@ -11,6 +11,7 @@ import math
 import torch
 import torch.fx as fx
 
+from .channels import ChannelMap
 from .masks import Plan
 from .rules import call_rule
 
@@ -26,7 +27,6 @@ class RewriteContext:
         self.shapes = dict(plan.analysis.shapes_by_name)
 
     def _map_and_shape(self, node: fx.Node):
-        from .channels import ChannelMap
         cmap = self.labels.get(node.name)
         meta = self.shapes.get(node.name)
         if not isinstance(cmap, ChannelMap) or meta is None:
@@ -143,10 +143,9 @@ def _erase_unused(node: fx.Node) -> None:
 
 def _slice_param(module, site, keep: torch.Tensor) -> None:
     """A get_attr parameter or buffer sliced along the dim where it meets channels."""
-    from .masked import param_site_dim
     if bool(keep.all()):
         return
-    name, dim = param_site_dim(site)
+    name, dim = site.param_dim()
     old = getattr(module, name)
     value = old.detach().index_select(dim, keep.nonzero().squeeze(1)).clone()
     if isinstance(old, torch.nn.Parameter):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .capture import attr
+from .graph import attr
 
 CRITERIA = ("l1", "l2", "fpgm")
 

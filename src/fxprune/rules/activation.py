@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import CONST, ZERO
-from . import Rule, register
+from .registry import Rule, Unsupported, register
 
 ACTIVATION_MODULES = (
     nn.ReLU, nn.RReLU, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh, nn.SiLU, nn.Mish,
@@ -67,7 +67,6 @@ class PReLURule(PointwiseRule):
         if m.num_parameters > 1:
             cdim = 1 if ctx.out.dim() > 1 else 0
             if cmap.dims != (cdim,):
-                from . import Unsupported
                 raise Unsupported("per-channel PReLU slopes on a dim that is not the channel dim")
             ctx.member("channels", cmap, ("weight",))
         return cmap.map_carry(ZERO, CONST)

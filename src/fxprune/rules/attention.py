@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
-from . import Rule, Unsupported, register
+from .registry import Rule, Unsupported, register
 
 
 def _whole_heads(ctx, cmap: ChannelMap, head_dim: int) -> None:

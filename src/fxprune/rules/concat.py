@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..channels import CONST, VARY, ChannelMap, ParamView
-from . import Rule, Unsupported, register
+from .registry import Rule, Unsupported, register
 
 
 def _dim(ctx, i, default=0):

@@ -8,7 +8,7 @@ import operator
 import torch
 
 from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
-from . import Rule, Unsupported, register
+from .registry import Rule, Unsupported, register
 
 ADD = (operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
        "add", "sub", "add_", "sub_")

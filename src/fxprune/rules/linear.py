@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
-from . import Rule, Unsupported, register
+from ..graph import attr, owner_of
+from .registry import Rule, Unsupported, call_rule, register
 
 
 def _producer_carry(module: nn.Module, prune_bias: bool) -> int:
@@ -231,7 +232,6 @@ def _module_tensors(gm) -> set[int]:
 def _sole_user(ctx, fqns: list[str]) -> None:
     """The tensors ``fqns`` may be sliced only if every reader agrees on how: each get_attr of them feeds
     this op only, called with the same arguments (the input apart), and no module holds them."""
-    from ..capture import attr
     gm = ctx.flow.module
     node = ctx.node
     held = _HELD.get(ctx.flow)
@@ -252,7 +252,6 @@ def _sole_user(ctx, fqns: list[str]) -> None:
 
 def _zero_rows(ctx, tensors: dict[str, int], n: int) -> torch.Tensor:
     """Per row (along each tensor's axis): zero in every tensor (dead-channel mode)."""
-    from ..capture import attr
     zero = torch.ones(n, dtype=torch.bool)
     for fqn, axis in tensors.items():
         t = attr(ctx.flow.module, fqn).detach().movedim(axis, 0).reshape(n, -1)
@@ -269,7 +268,6 @@ def _carry_of(ctx, tensors: dict[str, int], n: int, default: int) -> torch.Tenso
 
 
 def _set_tensor(root, fqn: str, value: torch.Tensor) -> None:
-    from ..capture import owner_of
     holder, leaf = owner_of(root, fqn)
     old = getattr(holder, leaf)
     if isinstance(old, nn.Parameter):
@@ -300,8 +298,6 @@ class GetAttrWeightRule(Rule):
         return w, b
 
     def rewrite(self, root, keep, fold):
-        from . import call_rule
-        from ..capture import attr
         by_fqn: dict[str, dict] = {}
         for role, k in keep.items():
             fqn, _, side = role.rpartition(":")
@@ -323,7 +319,6 @@ class GetAttrWeightRule(Rule):
     def _write_bias(self, root, nodes, fqn, bias: torch.Tensor | None, b_fqn: str | None) -> None:
         """Store the new bias; a bias made by folding constants gets a parameter next to the weight and
         every op node reads it."""
-        from ..capture import owner_of
         if bias is None:
             return
         if b_fqn is not None:
@@ -366,7 +361,6 @@ class FunctionalLinearRule(GetAttrWeightRule):
         return ChannelMap.on_dim(-1, ctx.out.dim(), ids, carry)
 
     def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
-        from ..capture import attr
         keep_out = keep_out if keep_out is not None else torch.ones(w.shape[0], dtype=torch.bool)
         keep_in = keep_in if keep_in is not None else torch.ones(w.shape[1], dtype=torch.bool)
         b_fqn = self._bias(nodes)
@@ -437,7 +431,6 @@ class FunctionalConvRule(GetAttrWeightRule):
         return ChannelMap.on_dim(cdim, ctx.out.dim(), out.ids, out.carry)
 
     def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
-        from ..capture import attr
         keep_out = keep_out if keep_out is not None else torch.ones(w.shape[0], dtype=torch.bool)
         g = _arg_node(nodes[0], 6, "groups") or 1
         keep_in = keep_in if keep_in is not None else torch.ones(w.shape[1] * g, dtype=torch.bool)

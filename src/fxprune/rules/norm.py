@@ -6,8 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, VARY, ZERO, ChannelMap
-from . import Rule, Unsupported, register
+from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
+from ..graph import MASK_TAG, RESTORE_TAG, attr
+from .linear import _sole_user
+from .registry import Rule, Unsupported, register
 
 
 def masked_layer_norm(x, normalized_shape, weight, bias, eps, keep, zero_pruned: bool):
@@ -192,7 +194,6 @@ class FunctionalLayerNormRule(Rule):
         return vals
 
     def flow(self, ctx):
-        from ..channels import ParamView
         cmap = ctx.arg_map(0, "input")
         if cmap is None:
             return None
@@ -219,7 +220,6 @@ class FunctionalLayerNormRule(Rule):
         return cmap.with_carry(ZERO if (not has_bias or ctx.prune_bias) else CONST)
 
     def masked_node(self, gm, node, keep, prune_bias):
-        from ..masked import MASK_TAG
         buf = f"_fxprune_keep_{node.name}"
         if hasattr(gm, buf):
             getattr(gm, buf).copy_(keep["channels"])
@@ -229,7 +229,7 @@ class FunctionalLayerNormRule(Rule):
             k = gm.graph.get_attr(buf)
         k.meta[MASK_TAG] = True
         # restore information without Node references (node meta is deep-copied with the graph)
-        node.meta["fxprune_restore"] = (node.target, 5)
+        node.meta[RESTORE_TAG] = (node.target, 5)
         node.target = masked_layer_norm
         node.args, node.kwargs = (*self._args(node), k, prune_bias), {}
 
@@ -244,8 +244,6 @@ class FunctionalLayerNormRule(Rule):
 def _get_attr_params(ctx, names: dict[int, str]) -> dict:
     """{name: ParamView} of the per-channel tensors given (argument index -> name); each must be a
     1-d get_attr tensor."""
-    from ..channels import ParamView
-    from .linear import _sole_user
     out = {}
     for i, name in names.items():
         if ctx.arg(i, name) is None:
@@ -262,7 +260,6 @@ def _functional_affine(ctx, cmap, norm, params: dict):
     """Carry after ``norm * weight + bias`` (per-channel get_attr ``params``): with ``prune_bias`` they are
     masked, so a pruned channel with a weight is 0; in dead-channel mode, channels whose weight and bias
     are zero are 0."""
-    from ..capture import attr
     w, b = "weight" in params, "bias" in params
     if ctx.prune_bias and w:
         return cmap.with_carry(ZERO)

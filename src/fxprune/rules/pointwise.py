@@ -17,7 +17,7 @@ import torch
 import torch.fx as fx
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
-from . import Rule, Unsupported, register
+from .registry import Rule, Unsupported, register
 
 _UNARY = ("abs", "neg", "exp", "expm1", "exp2", "log", "log1p", "log2", "sqrt", "rsqrt", "square",
           "reciprocal", "erf", "erfc", "sin", "cos", "sign", "floor", "ceil", "round", "trunc",

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
-from . import Rule, Unsupported, register
+from .registry import Rule, Unsupported, register
 
 _SPATIAL = {  # op -> number of pooled (trailing) dims
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
@@ -64,7 +64,6 @@ class ReduceRule(Rule):
     so the reduced dims keep their sizes and a mean its count."""
 
     def flow(self, ctx):
-        from ..channels import ChannelMap
         cmap = ctx.arg_map(0, "input")
         if not isinstance(cmap, ChannelMap):
             return None
@@ -108,7 +107,6 @@ class ReduceRule(Rule):
 
 
 def _sum_some_channel_dims(ctx, cmap, dims: list[int], keepdim: bool):
-    from ..channels import ChannelMap
     summed = [d for d in cmap.dims if d in dims]
     ids = ctx.union_across(cmap, summed)
     rest = [a for a, d in enumerate(cmap.dims) if d not in dims]

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..channels import ZERO, ChannelMap
-from . import Rule, Unsupported, register
+from .registry import Rule, Unsupported, register
 
 GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
 

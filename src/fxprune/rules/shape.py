@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
-from . import Rule, Unsupported, register
+from ..channels import VARY, ZERO, ChannelMap, ParamView
+from ..graph import attr
+from .registry import Rule, Unsupported, register
 
 
 def _map(ctx):
@@ -238,7 +239,6 @@ class IndexSelectRule(Rule):
 def _pick_kept(ctx, node: fx.Node, src: fx.Node, in_dim: int, out_dim: int, index_node: fx.Node) -> None:
     """``node`` picks channels of ``src`` (dim ``in_dim``) by a buffer index into its dim ``out_dim``:
     after pruning the buffer picks the kept ones from the pruned input, in the same order."""
-    from ..capture import attr
     if index_node.op != "get_attr":
         return
     kept_in, kept_out = ctx.kept_along(src, in_dim), ctx.kept_along(node, out_dim)

@@ -5,7 +5,7 @@ import re
 
 import torch.fx as fx
 
-from ._gc import gc_paused
+from ..channels import maps_in
 
 
 def op_kind(node: fx.Node, modules: dict) -> str:
@@ -28,8 +28,6 @@ def op_kind(node: fx.Node, modules: dict) -> str:
 def name_groups(analysis) -> None:
     """Set ``group.pattern`` for every group: producer kinds, then the ops its channels pass through,
     then consumer kinds (one pass over the graph)."""
-    from .analysis import _maps_in
-
     gm = analysis.gm
     modules = dict(gm.named_modules())
     group_of_element = analysis.group_of_element
@@ -55,7 +53,7 @@ def name_groups(analysis) -> None:
         kind = op_kind(node, modules)
         if kind in _LAYOUT:
             continue
-        for cm in _maps_in(analysis.labels.get(node)):
+        for cm in maps_in(analysis.labels.get(node)):
             for i in groups_in(cm.ids):
                 path = paths[i]
                 if node in producers[i] or node in consumers[i] or (path and path[-1] == kind):
@@ -94,25 +92,3 @@ def _compress(ops: list[str]) -> list[str]:
 # change what a channel is)
 _LAYOUT = {"getitem", "contiguous", "identity", "view", "reshape", "transpose", "permute", "expand",
            "expand_as", "split", "chunk", "unsqueeze", "squeeze", "to", "float", "clone", "detach"}
-
-
-@gc_paused
-def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> list[dict]:
-    """The channel groups of ``model``, each with its pattern name, producers, width and whether it
-    can be pruned (and if not, why). ``model`` is not modified.
-
-    Example::
-
-        for g in fxprune.find_patterns(model, (x,)):
-            print(g["pattern"], g["producers"], g["width"], g["blocked"])
-    """
-    from .analysis import analyze
-    from .capture import capture, normalize_inputs
-
-    gm, _ = capture(model)
-    analysis = analyze(gm, normalize_inputs(example_inputs), prune_bias, prune_outputs)
-    return [
-        {"pattern": g.pattern, "producers": [s.fqn(next(iter(s.tensors))) for s in g.producers],
-         "width": g.width, "prunable": sum(1 for u in g.units if u.blocked is None), "blocked": g.blocked}
-        for g in analysis.groups
-    ]

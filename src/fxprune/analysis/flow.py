@@ -1,28 +1,22 @@
-"""Analysis: a dataflow over the captured graph that finds channel groups.
+"""The engine: a dataflow over the captured graph that propagates channel maps through the op rules.
 
 :class:`ChannelFlow` is a :class:`~torch.fx.passes.shape_prop.ShapeProp`: it runs the graph on fake
-tensors and, after each node, asks the node's rule how channels move through it. The result is an
-:class:`Analysis`: the *sites* (producers' output rows, consumers' input columns, members' per-channel
-parameters), the *uses* where pruned channels must be removable (consumers, outputs, barriers), and
-the unions that couple elements. Elements joined by unions form a *unit* (pruned together); units
-joined through their producers form a *group*.
+tensors and, after each node, asks the node's rule how channels move through it (:class:`FlowContext`
+is what a rule sees). It records the *sites* (producers' output rows, consumers' input columns,
+members' per-channel parameters), the *uses* where pruned channels must be removable (consumers,
+outputs, barriers), and the unions that couple elements.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import TensorMetadata
-from torch.utils.flop_counter import FlopCounterMode
 
-from .capture import FakeShapeProp
-from .channels import CONST, VARY, ZERO, ChannelMap, ParamView, UnionFind
-from .rules import Rule, Unsupported, call_rule, module_rule
+from ..channels import VARY, ZERO, ChannelMap, ParamView, UnionFind, maps_in
+from ..graph import FakeShapeProp, attr
+from ..rules import Rule, Unsupported, call_rule, module_rule
 
 
 @dataclass
@@ -49,6 +43,11 @@ class Site:
     def fqn(self, tensor: str) -> str:
         """Full name of one of the site's tensors (owner "" is the GraphModule itself)."""
         return f"{self.owner}.{tensor}" if self.owner else tensor
+
+    def param_dim(self) -> tuple[str, int]:
+        """(parameter name, dim) of a "param" site, whose role is "name:dimP"."""
+        name, _, dim = self.role.rpartition(":dim")
+        return name, int(dim)
 
 
 @dataclass
@@ -100,7 +99,6 @@ class FlowContext:
 
     def constant_of(self, arg) -> torch.Tensor | None:
         """The real value of ``arg`` (as it appears in node.args) when it is a ``get_attr``, else None."""
-        from .capture import attr
         if isinstance(arg, fx.Node) and arg.op == "get_attr":
             return attr(self.flow.module, arg.target)
         return None
@@ -391,7 +389,7 @@ class ChannelFlow(FakeShapeProp):
 
     def block(self, node, cmaps, reason: str) -> None:
         found = False
-        for cm in _maps_in(cmaps):
+        for cm in maps_in(cmaps):
             found = True
             self.uses.append(Use(node, cm.ids.reshape(-1), cm.carry.reshape(-1), False, False, reason))
         if found:
@@ -418,14 +416,14 @@ class ChannelFlow(FakeShapeProp):
         if n.op == "placeholder":
             return None
         if n.op == "output":
-            for cm in _maps_in(fx.node.map_arg(n.args[0], lambda a: self.labels.get(a))):
+            for cm in maps_in(fx.node.map_arg(n.args[0], lambda a: self.labels.get(a))):
                 ok = self.prune_outputs
                 self.uses.append(Use(n, cm.ids.reshape(-1), cm.carry.reshape(-1), ok, ok, "graph output"))
             return None
         inputs = fx.node.map_arg((n.args, n.kwargs), lambda a: self.labels.get(a))
         rule = self.rule_of(n)
         if rule is None:
-            self.block(n, inputs, f"no rule for {_op_name(n, self.modules)}")
+            self.block(n, inputs, f"no rule for {op_name(n, self.modules)}")
             return None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.modules.get(n.target) if n.op == "call_module" else None
@@ -434,22 +432,21 @@ class ChannelFlow(FakeShapeProp):
         try:
             result = rule.flow(ctx)
         except Unsupported as e:
-            self.block(n, inputs, f"{_op_name(n, self.modules)}: {e}")
+            self.block(n, inputs, f"{op_name(n, self.modules)}: {e}")
             return None
         finally:
             if module is not None and not ctx.has_members:
                 self.memberless.add(n.target)
         # a tensor came out, channels went in, and the rule neither passed them on nor consumed them:
         # they must not vanish unnoticed
-        if (not _maps_in(result) and len(self.uses) == n_uses and len(self.sites) == n_sites
-                and _tensors_in(out) and _maps_in(inputs)):
-            self.block(n, inputs, f"{_op_name(n, self.modules)}: its rule passes no channels on")
+        if (not maps_in(result) and len(self.uses) == n_uses and len(self.sites) == n_sites
+                and _tensors_in(out) and maps_in(inputs)):
+            self.block(n, inputs, f"{op_name(n, self.modules)}: its rule passes no channels on")
         return result
 
 
 def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int, member: bool = False) -> torch.Tensor:
     """Per element: are all its rows (gate-major, possibly several per element) zero in every param?"""
-    from .capture import attr
     zero = torch.ones(n, dtype=torch.bool)
     for name, gates in params.items():
         p = attr(module, name).detach().movedim(axes.get(name, 0), 0)
@@ -473,171 +470,9 @@ def _tensors_in(tree) -> bool:
     return bool(found)
 
 
-def _maps_in(tree) -> list[ChannelMap]:
-    found: list[ChannelMap] = []
-    map_aggregate(tree, lambda x: found.append(x) if isinstance(x, ChannelMap) else None)
-    return found
-
-
-def _op_name(n: fx.Node, modules) -> str:
+def op_name(n: fx.Node, modules) -> str:
     if n.op == "call_module":
         return f"{n.target} ({type(modules[n.target]).__name__})"
     if n.op == "call_method":
         return f".{n.target}()"
     return getattr(n.target, "__name__", str(n.target))
-
-
-@dataclass(slots=True)
-class Unit:
-    root: int
-    elements: list[int]
-    blocked: str | None          # why its channels cannot be removed (None: removable)
-
-
-@dataclass
-class Group:
-    """Coupled producers and the units they prune together."""
-
-    index: int
-    producers: list[Site]
-    units: list[Unit]             # ordered by the first producer's index order
-    pattern: str = ""
-
-    @property
-    def width(self) -> int:
-        return len(self.units)
-
-    @property
-    def blocked(self) -> str | None:
-        """Why no unit of the group can be removed (None if some can)."""
-        if all(u.blocked for u in self.units):
-            return self.units[0].blocked
-        return None
-
-
-class Analysis:
-    """Result of :class:`ChannelFlow`: sites, uses, units and groups of one captured graph."""
-
-    def __init__(self, gm: fx.GraphModule, flow: ChannelFlow):
-        self.gm = gm
-        self.sites = flow.sites
-        self.uses = flow.uses
-        self.barriers = flow.barriers
-        self.labels = flow.labels
-        self.prune_bias = flow.prune_bias
-        self.dead = flow.dead
-        self.element_site = flow.element_site
-        free = flow.free_splits()
-        self.products = [(n, ids) for n, ids in flow.products if n not in free]
-        #: merge node name -> (split node name, source node name, channel dim, perm)
-        self.permutations = {m.name: (s.name, src.name, d, perm) for m, (s, src, d, perm) in flow.permutations.items()}
-        self.n_elements = len(flow.uf.parent)
-        self.root = flow.uf.roots()
-        self.labels_by_name = {n.name: v for n, v in flow.labels.items()}
-        self.shapes_by_name = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
-                               if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
-        self._units_and_groups()
-
-    def _units_and_groups(self) -> None:
-        blocked: dict[int, str] = {}
-        for use in self.uses:
-            carry = use.carry
-            bad = carry == VARY
-            if not use.ok_const or self.dead:  # dead channels are zero, not merely constant
-                bad = bad | (carry == CONST)
-            if not use.ok_zero:
-                bad = bad | (carry == ZERO)
-            ids = use.ids[bad & (use.ids >= 0)]
-            if ids.numel() == 0:
-                continue
-            reason = use.what
-            if use.ok_zero and (use.ok_const or bool((carry[bad] == VARY).any())):
-                reason = f"input-dependent values reach {use.node.name} ({use.what})"
-            elif use.ok_zero:
-                reason = (f"constant channels cannot be folded into {use.node.name} ({use.what}); "
-                          "nonzero constants reach it")
-            for r in self.root[ids].unique().tolist():
-                blocked.setdefault(r, reason)
-        roots = self.root.tolist()
-        members: dict[int, list[int]] = {}
-        for e, r in enumerate(roots):
-            members.setdefault(r, []).append(e)
-        units = {r: Unit(r, es, blocked.get(r)) for r, es in members.items()}
-        # groups: producer sites joined by units (a unit's elements may come from several producers);
-        # the distinct (site of a unit's root, site of its element) pairs are few
-        producer_keys = [k for k, s in self.sites.items() if s.kind == "producer"]
-        index = {k: i for i, k in enumerate(producer_keys)}
-        site_of = torch.tensor([index[k] for k in self.element_site], dtype=torch.long)
-        site_uf = UnionFind()
-        site_uf.add(len(producer_keys))
-        n = len(producer_keys)
-        for pair in (site_of[self.root] * n + site_of).unique().tolist():
-            site_uf.union(pair // n, pair % n)
-        by_group: dict[int, list[str]] = {}
-        for k in producer_keys:
-            by_group.setdefault(site_uf.find(index[k]), []).append(k)
-        self.groups: list[Group] = []
-        self.unit_of: dict[int, Unit] = units
-        self.group_of_unit: dict[int, Group] = {}
-        group_of_site = torch.empty(len(producer_keys), dtype=torch.long)
-        for keys in by_group.values():
-            sites = [self.sites[k] for k in keys]
-            ordered = [units[r] for r in dict.fromkeys(roots[e] for s in sites for e in s.ids.tolist())]
-            g = Group(len(self.groups), sites, ordered)
-            group_of_site[[index[k] for k in keys]] = g.index
-            self.groups.append(g)
-            for u in ordered:
-                self.group_of_unit[u.root] = g
-        #: group index of every element
-        self.group_of_element = group_of_site[site_of]
-        from .patterns import name_groups  # patterns names groups after the ops they flow through
-        name_groups(self)
-
-    # -- helpers used by the later stages ------------------------------------------------------------
-    def producer_for_tensor(self, fqn: str) -> tuple[Site, int] | None:
-        """The producer site whose parameter ``fqn`` holds rows per element, and its gate count."""
-        for s in self.sites.values():
-            if s.kind == "producer":
-                for name, gates in s.tensors.items():
-                    if (f"{s.owner}.{name}" if s.owner else name) == fqn:
-                        return s, gates
-        return None
-
-
-def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_outputs: bool = False,
-            dead: bool = False) -> Analysis:
-    """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`.
-    ``dead``: find channels that are zero for every input (see fxprune.eliminate_dead_channels)."""
-    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(example_inputs) > len(placeholders) or not all(
-            isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):
-        raise ValueError(f"the model takes {len(placeholders)} inputs ({', '.join(n.name for n in placeholders)}); "
-                         f"example_inputs has {len(example_inputs)}")
-    quiet = logging.getLogger("torch._subclasses.fake_tensor")
-    level = quiet.level
-    try:
-        # ShapeProp prints a traceback and FakeTensor logs the error before raising; the error below says it
-        quiet.setLevel(logging.CRITICAL)
-        # ShapeProp prints a traceback before raising; FLOPs of the original model come free on fake tensors
-        with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as flops:
-            flow.propagate(*example_inputs)
-    except Exception as e:
-        cause = e.__cause__ or e
-        node = getattr(flow, "current", None)
-        where = f" at node {node.name} ({_op_name(node, flow.modules)})" if node is not None else ""
-        msg = str(cause).rstrip(". ")
-        from torch._subclasses.fake_tensor import DynamicOutputShapeException
-        if isinstance(cause, DynamicOutputShapeException):
-            raise ValueError(
-                f"the model has an op whose output shape depends on tensor values{where} ({msg}: a boolean mask "
-                "index or nonzero). fxprune propagates shapes on fake tensors, which hold no values: index with "
-                "integer indices held in a buffer, or register that part as a leaf module with a rule "
-                "(fxprune.rules.register)") from e
-        raise ValueError(f"running the model on example_inputs failed{where}: "
-                         f"{type(cause).__name__}: {msg}. Check the shapes and dtypes of example_inputs.") from e
-    finally:
-        quiet.setLevel(level)
-    analysis = Analysis(gm, flow)
-    analysis.flops = flops.get_total_flops()  # of the original model, counted on the fake tensors
-    return analysis
