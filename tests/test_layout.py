@@ -38,6 +38,7 @@ LAYERS = [
     ("fxprune.measure",),
     ("fxprune.report",),
     ("fxprune.dump.*", "fxprune.dump", "fxprune.saving"),
+    ("fxprune.pipeline",),
     ("fxprune.api",),
     ("fxprune.cli",),
     ("fxprune",),

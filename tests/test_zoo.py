@@ -79,6 +79,7 @@ def test_zoo_pruned_equals_masked(name, prune_bias):
     report = pruned.meta["fxprune"]
 
     assert report.rel_diff <= RTOL, f"{name}: pruned != masked on the example inputs ({report.rel_diff:.3g})"
+    assert report.exact and not any("verification guard" in n for n in report.notes), "the guard fired"
     worst = assert_pruned_equals_masked(model, inputs, pruned)
     after = n_params(pruned)
     assert report.params_before == before

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 import fxprune  # noqa: E402
-from fxprune import api  # noqa: E402
+from fxprune import pipeline  # noqa: E402
 from fxprune.dump import pruned_to_dot, to_dot  # noqa: E402
 from fxprune.dump.dot import _render_files  # noqa: E402
 from zoo import ZOO_BY_NAME  # noqa: E402
@@ -48,9 +48,9 @@ def _prune(name: str, views: dict, sparsity: float = 0.5):
     else:
         factory, inputs_factory = ZOO_BY_NAME[name]
         model, inputs = factory(), inputs_factory()
-    state = api._prepare(model, inputs, None, sparsity, "l1", True, False, ())
+    state = pipeline.prepare(model, inputs, None, sparsity, "l1", True, False, ())
     texts = {pic: to_dot(state.analysis, state.plan, **kw) for pic, kw in views.items()}
-    pruned = api._finish(state, prune_bias=True)
+    pruned = pipeline.finish(state, prune_bias=True)
     return texts, state, pruned
 
 

@@ -11,25 +11,19 @@ from __future__ import annotations
 import functools
 import gc
 import inspect
-from dataclasses import dataclass
+import warnings
 
 import torch
 import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
-from torch.utils.flop_counter import FlopCounterMode
 
-from .analysis import Analysis, analyze
-from .capture import capture
-from .channels import CONST
-from .dump import STAGES, stage_texts, write_dumps, write_stages
-from .graph import FakeShapeProp, normalize_inputs, private_copy
-from .interop import take_masks
-from .masked import build_masked, masked_view, write_masks
-from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
+from .analysis import analyze
+from .dump import STAGES, stage_texts, write_stages
+from .graph import normalize_inputs
+from .masked import build_masked, write_masks
+from .masks import Selection, make_plan, units_from_masks, units_from_sparsity
 from .measure import time_pair
-from .report import Report, build_report, model_bytes
-from .rewrite import rewrite
-from .verify import RecordingInterpreter, copies, max_abs_diff, output_keeps, relative_diff, verification_mode
+from .pipeline import State, capture_model, finish, prepare, run
 
 
 def gc_paused(fn):
@@ -50,52 +44,6 @@ def gc_paused(fn):
             gc.enable()
             gc.collect(0)
     return wrapper
-
-
-def capture_model(model) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """A captured private copy of ``model``, without the masks it carried, and those masks.
-
-    Example::
-
-        gm, masks = capture_model(apply_masks(model, (x,), sparsity=0.5))   # gm: the unmasked graph
-    """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
-    own = private_copy(model)
-    masks = take_masks(own)
-    return capture(own, copy=False), masks
-
-
-@dataclass
-class _State:
-    gm: fx.GraphModule
-    inputs: tuple
-    analysis: Analysis
-    plan: Plan
-
-
-def _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
-             **selection) -> _State:
-    inputs = normalize_inputs(example_inputs)
-    if sparsity is not None:
-        select = Selection(sparsity, criterion, ignore, **selection)
-        select.check()
-    if masks is not None and sparsity is not None:
-        raise ValueError("give either masks= or sparsity=, not both")
-    if masks is not None and not isinstance(masks, dict):
-        raise ValueError(f"masks must be a dict of tensor name -> bool keep-mask, got {type(masks).__name__}")
-    gm, embedded = capture_model(model)
-    analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
-    if masks is not None:
-        flags = units_from_masks(analysis, masks)
-    elif sparsity is not None:
-        flags = units_from_sparsity(analysis, gm, select)
-    elif embedded:
-        flags = units_from_masks(analysis, embedded, strict=False)
-    else:
-        raise ValueError("nothing to prune: give sparsity= or masks=, or a model that carries masks "
-                         "(fxprune.apply_masks, torch.ao's structured pruner, torch.nn.utils.prune)")
-    return _State(gm, inputs, analysis, make_plan(analysis, flags))
 
 
 @gc_paused
@@ -136,59 +84,10 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
     """
     if prune_bias is None:  # a masked model of ours says how it masks
         prune_bias = getattr(model, "meta", {}).get("fxprune_masked", {}).get("prune_bias", True)
-    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
-                     layer_sparsity=layer_sparsity, global_ranking=global_ranking, round_to=round_to)
-    return _finish(state, prune_bias, verify, dump_dir=dump_dir)
-
-
-def _finish(state: _State, prune_bias: bool, verify: bool = True, dump_dir=None) -> fx.GraphModule:
-    plan, analysis = state.plan, state.analysis
-    params_before = sum(p.numel() for p in state.gm.parameters())
-    bytes_before = model_bytes(state.gm)  # parameters + buffers, before baking
-    # consumers that read removed channels holding nonzero constants: record their inputs to fold them
-    fold_uses = [u for u in analysis.uses if u.site is not None
-                 and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
-    baked = build_masked(state.gm, plan, prune_bias, bake=True)  # state.gm is ours: baked in place
-    masked_out, recorded = None, {}
-    if verify or fold_uses:
-        masked = masked_view(baked, plan, prune_bias)
-        recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses})
-        with verification_mode(masked):
-            masked_out = recorder.run(*copies(state.inputs))
-        recorded = recorder.recorded
-    fold = {}
-    for u in fold_uses:
-        x = recorded[u.node.name]
-        values = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().float()
-        removed = torch.zeros(len(u.ids), dtype=torch.bool)
-        lab = u.ids >= 0
-        removed[lab] = plan.removed[u.ids[lab]]
-        fold[u.site] = torch.where(removed, values, torch.zeros_like(values))
-    pruned = rewrite(baked, plan, fold)
-    keeps = output_keeps(plan)
-    for node in pruned.graph.nodes:  # shapes from the capture are stale
-        node.meta.pop("tensor_meta", None)
-    # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
-    shapes = FakeShapeProp(pruned)
-    with FlopCounterMode(display=False) as after:
-        shapes.propagate(*state.inputs)
-    if verify:
-        with verification_mode(pruned):
-            pruned_out = pruned(*copies(state.inputs))
-    report: Report = build_report(plan, keeps, prune_bias)
-    report.params_before = params_before
-    report.params_after = sum(p.numel() for p in pruned.parameters())
-    report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
-    report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
-    if verify:
-        report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
-        report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
-    else:
-        report.max_abs_diff = report.rel_diff = None
-    pruned.meta["fxprune"] = report
-    if dump_dir is not None:  # captured/groups/pruned .dot (+ .svg/.png with Graphviz), see fxprune.dump
-        write_dumps(dump_dir, state.analysis, state.plan, pruned, stacklevel=4)  # warnings: prune()'s caller
-    return pruned
+    return run(lambda keep: prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs,
+                                    ignore, keep, layer_sparsity=layer_sparsity, global_ranking=global_ranking,
+                                    round_to=round_to),
+               prune_bias, verify, dump_dir=dump_dir)
 
 
 @gc_paused
@@ -207,16 +106,19 @@ def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphM
         assert torch.allclose(smaller(x), model(x))
     """
     inputs = normalize_inputs(example_inputs)
-    gm, _ = capture_model(model)
-    analysis = analyze(gm, inputs, prune_bias=True, dead=True)
-    flags = torch.zeros(analysis.n_elements, dtype=torch.bool)
-    for g in analysis.groups:
-        dead = [u for u in g.units if u.blocked is None]
-        for u in dead[1:] if len(dead) == g.width else dead:
-            flags[u.elements] = True
-    # masking dead channels (prune_bias=True) changes no value the model computes: the masked model
-    # is the model itself, and the pruned model equals it
-    return _finish(_State(gm, inputs, analysis, make_plan(analysis, flags)), prune_bias=True)
+
+    def make_state(keep_groups):
+        gm, _ = capture_model(model)
+        analysis = analyze(gm, inputs, prune_bias=True, dead=True)
+        flags = torch.zeros(analysis.n_elements, dtype=torch.bool)
+        for g in analysis.groups:
+            dead = [u for u in g.units if u.blocked is None]
+            for u in dead[1:] if len(dead) == g.width else dead:
+                flags[u.elements] = True
+        return State(gm, inputs, analysis, make_plan(analysis, flags, keep_groups))
+
+    # masking dead channels changes no value the model computes: verified against the model itself
+    return run(make_state, prune_bias=True, reference=True)
 
 
 class PrunePass:
@@ -252,8 +154,8 @@ def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str
         fxprune.update_masks(masked, sparsity=0.7)   # re-score, in place
         pruned = fxprune.prune(masked, (x,))  # the masks come with the model
     """
-    state = _prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
-                     **selection)
+    state = prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
+                    **selection)
     masked = build_masked(state.gm, state.plan, prune_bias)
     masked.meta["fxprune_masked"] = {"example_inputs": state.inputs, "prune_bias": prune_bias,
                                      "prune_outputs": prune_outputs}
@@ -334,11 +236,14 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
         verify = args.pop("verify", True)
         model, inp = args.pop("model"), args.pop("example_inputs")
         base = ("masks", "sparsity", "criterion", "prune_bias", "prune_outputs", "ignore")
-        state = _prepare(model, inp, **{k: args.pop(k) for k in base}, **args)
+        state = prepare(model, inp, **{k: args.pop(k) for k in base}, **args)
         texts = stage_texts(state.analysis, state.plan, None, [s for s in stages if s != "pruned"], collapse,
                              expand)
         # the pipeline rewrites its graph in place: the captured and groups stages are drawn first
-        pruned = _finish(state, bound.arguments["prune_bias"], verify)
+        pruned = finish(state, bound.arguments["prune_bias"], verify)
+        if pruned.meta["fxprune"].exact is False:
+            warnings.warn("fxprune.dump: the pruned graph drawn differs from the masked model beyond rounding "
+                          "(fxprune.prune keeps the groups responsible; dump draws the plan as made)", stacklevel=2)
         if "pruned" in stages:
             texts.update(stage_texts(state.analysis, state.plan, pruned, ["pruned"], collapse, expand))
         texts = {s: texts[s] for s in stages if s in texts}

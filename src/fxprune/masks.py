@@ -264,14 +264,20 @@ def check_sparsity(sparsity, what: str = "sparsity") -> None:
         raise ValueError(f"{what} must be a number in [0, 1), got {sparsity!r}")
 
 
-def make_plan(analysis: Analysis, masked: torch.Tensor) -> Plan:
-    """Decide removal: a masked unit is removed unless one of its uses cannot drop it."""
+def make_plan(analysis: Analysis, masked: torch.Tensor, keep_groups: dict[int, str] | None = None) -> Plan:
+    """Decide removal: a masked unit is removed unless one of its uses cannot drop it. ``keep_groups``:
+    {group index: why} groups whose masked units all stay (the verification guard's decision)."""
     removed = masked.clone()
     kept: dict[int, str] = {}
     for root, unit in analysis.unit_of.items():
         if bool(masked[root]) and unit.blocked:
             removed[unit.elements] = False
             kept[root] = unit.blocked
+    for index, why in (keep_groups or {}).items():
+        for unit in analysis.groups[index].units:
+            if bool(removed[unit.root]):
+                removed[unit.elements] = False
+                kept[unit.root] = why
     for g in analysis.groups:
         if all(bool(masked[u.root]) for u in g.units):
             names = ", ".join(f"{s.owner}" for s in g.producers)

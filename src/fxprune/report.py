@@ -44,7 +44,13 @@ class Report:
     latency_device: str | None = None
     latency_threads: int | None = None    # torch.get_num_threads() while timing
     max_abs_diff: float | None = 0.0   # None: not verified (prune(verify=False))
+    #: max_abs_diff / max |masked output|
     rel_diff: float | None = 0.0
+    #: rel_diff within float rounding of the dtype verified in (``tolerance``); None: not verified
+    exact: bool | None = None
+    tolerance: float | None = None
+    #: the dtype the two models were compared in (float32 for float16/bfloat16 models)
+    verified_dtype: str | None = None
     prune_bias: bool = True
     notes: list[str] = field(default_factory=list)
     #: per flattened output: None, or (channel dims, kept bool array) when its width changed
@@ -67,7 +73,8 @@ class Report:
         return self
 
     def compare(self, masked_out, pruned_out) -> float:
-        """max |pruned - masked| / max(1, max |masked|) for outputs of the two models on any input."""
+        """max |pruned - masked| / max |masked| for outputs of the two models on any input (pruned outputs
+        compared on their kept channels)."""
         return relative_diff(masked_out, pruned_out, self.output_keeps)
 
     def __str__(self) -> str:
@@ -92,7 +99,9 @@ class Report:
             lines.append(f"latency:    {b:.3g} ms -> {a:.3g} ms ({speed}; {self.latency_device or 'cpu'}{threads}, "
                          f"median of {self.latency_runs} runs on the example inputs)")
         lines += [
-            (f"max |pruned - masked| on the example inputs: {self.max_abs_diff:.3g} (relative {self.rel_diff:.3g})"
+            (f"max |pruned - masked| on the example inputs: {self.max_abs_diff:.3g} (relative {self.rel_diff:.3g}"
+             + (f"; {self.verified_dtype}" if self.verified_dtype not in (None, "float32") else "")
+             + (f"; beyond rounding, tolerance {self.tolerance:.2g}" if self.exact is False else "") + ")"
              if self.max_abs_diff is not None else "not verified (verify=False)"),
         ]
         if self.barriers:

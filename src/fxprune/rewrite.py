@@ -6,6 +6,7 @@ by their rule's ``rewrite_node``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -174,7 +175,10 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         folds = {s.role: fold.get(s.key) for s in sites}
         if all(bool(k.all()) for k in keep.values()) and all(f is None for f in folds.values()):
             continue
-        new_module = sites[0].rule.rewrite(module, keep, folds)
+        before = _float_dtypes(module)
+        with _default_dtype_of(module):  # a rule building nn.X(...) without dtype= gets the module's
+            new_module = sites[0].rule.rewrite(module, keep, folds)
+        _check_dtypes(owner, before, new_module, sites[0].rule)
         if new_module is not module:  # owner "" (get_attr weights of function ops) is sliced in place
             baked.set_submodule(owner, new_module)
     ctx = RewriteContext(plan, baked)
@@ -191,6 +195,37 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
     baked.graph.lint()
     baked.recompile()
     return baked
+
+
+def _float_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:
+    return {name: t.dtype for name, t in (*module.named_parameters(), *module.named_buffers())
+            if t.is_floating_point()}
+
+
+@contextlib.contextmanager
+def _default_dtype_of(module: torch.nn.Module):
+    """torch's default dtype set to the dtype of ``module``'s floating tensors while its rule builds the
+    smaller module, when they all have one (float64, float16, bfloat16 models)."""
+    dtypes = set(_float_dtypes(module).values())
+    if len(dtypes) != 1 or isinstance(module, fx.GraphModule):
+        yield
+        return
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtypes.pop())
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _check_dtypes(owner: str, before: dict, new: torch.nn.Module, rule) -> None:
+    """Pruning changes widths, never dtypes: every floating tensor the smaller module keeps has the
+    dtype it had."""
+    for name, dtype in _float_dtypes(new).items():
+        if name in before and before[name] != dtype:
+            raise AssertionError(f"{type(rule).__name__}.rewrite turned {owner}.{name} from {before[name]} into "
+                                 f"{dtype}; build the new module with the old one's dtype "
+                                 "(fxprune.rules.factory_kwargs)")
 
 
 def _shared_parameters(gm: torch.nn.Module) -> list[list[tuple[str, str]]]:

@@ -18,7 +18,8 @@ def element_scores(weight: torch.Tensor, gates: int, criterion: str, units: int 
     """One score per unit of a producer whose ``weight`` has rows (gate, unit, span): ``gates`` stacked
     gates, ``units`` units (default: one row per unit and gate), each spanning adjacent rows (an
     attention head's head_dim rows). A unit's rows count together."""
-    w = weight.detach().float()
+    w = weight.detach()
+    w = w.to(torch.promote_types(w.dtype, torch.float32))  # float16/bfloat16 scored in float32
     units = units or w.shape[0] // gates
     rows = w.reshape(gates, units, w.shape[0] // (gates * units), -1)
     if criterion == "l1":

@@ -16,7 +16,7 @@ from torch.fx.node import map_aggregate
 
 from ..channels import VARY, ZERO, ChannelMap, ParamView, UnionFind, maps_in
 from ..graph import FakeShapeProp, attr
-from ..rules import Rule, Unsupported, call_rule, module_rule
+from ..rules import Rule, Unsupported, call_rule, module_rule, overridden_base
 
 
 @dataclass
@@ -423,7 +423,12 @@ class ChannelFlow(FakeShapeProp):
         inputs = fx.node.map_arg((n.args, n.kwargs), lambda a: self.labels.get(a))
         rule = self.rule_of(n)
         if rule is None:
-            self.block(n, inputs, f"no rule for {op_name(n, self.modules)}")
+            reason = f"no rule for {op_name(n, self.modules)}"
+            base = overridden_base(self.modules[n.target]) if n.op == "call_module" else None
+            if base is not None:
+                reason += (f": it subclasses {base.__module__}.{base.__qualname__} but computes something else "
+                           "(its own forward), which torch.fx cannot trace")
+            self.block(n, inputs, reason)
             return None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.modules.get(n.target) if n.op == "call_module" else None

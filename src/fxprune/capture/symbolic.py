@@ -9,10 +9,28 @@ from .common import CaptureError, user_frame
 
 
 class Tracer(fx.Tracer):
-    """torch.fx's tracer; modules with a registered fxprune rule are leaves as well."""
+    """torch.fx's tracer; modules with a registered fxprune rule are leaves as well. A subclass of a
+    module with a rule that computes something else (its own forward: timm's Conv2dSame, an nn.Conv2d
+    that pads by the input's size first) is traced through; if its forward cannot be traced it stays a
+    leaf without a rule, a barrier that keeps its channels (it was run, not understood)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._untraceable: dict[int, bool] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return rules.is_leaf_type(m) or super().is_leaf_module(m, qualname)
+        if rules.is_leaf_type(m):
+            return True
+        if rules.overridden_base(m) is not None:
+            if id(m) not in self._untraceable:
+                try:
+                    Tracer().trace(m)
+                    self._untraceable[id(m)] = False
+                except Exception:
+                    self._untraceable[id(m)] = True
+            if self._untraceable[id(m)]:
+                return True
+        return super().is_leaf_module(m, qualname)
 
 
 def symbolic_trace(model: nn.Module) -> fx.GraphModule:

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import CONST, ZERO
+from .common import factory_kwargs
 from .registry import Rule, Unsupported, register
 
 ACTIVATION_MODULES = (
@@ -75,7 +76,7 @@ class PReLURule(PointwiseRule):
         k = keep.get("channels")
         if k is None or m.num_parameters == 1:
             return m
-        new = nn.PReLU(int(k.sum()))
+        new = nn.PReLU(int(k.sum()), **factory_kwargs(m))
         with torch.no_grad():
             new.weight.copy_(m.weight.detach()[k])
         return new

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
+from .common import add_folded, factory_kwargs
 from .registry import Rule, Unsupported, register
 
 
@@ -85,9 +86,18 @@ class RowwiseRule(Rule):
         dim = ctx.module.dim if ctx.module is not None else ctx.arg(1, "dim")
         name = getattr(ctx.node.target, "__name__", str(ctx.node.target))
         if "masked_fill" not in name and ctx.module is None or isinstance(ctx.module, (nn.Softmax, nn.LogSoftmax)):
+            is_log = isinstance(ctx.module, nn.LogSoftmax) if ctx.module is not None else "log" in name
+            if dim is not None and (dim % cmap.ndim) in cmap.dims and len(cmap.dims) > 1:
+                # over one of several channel dims (split attention's radix: view(b, card, radix, c)
+                # .transpose(1, 2).softmax(1)): the channels along it are pruned together, so each
+                # softmax row is kept or removed whole and kept rows do not change. A removed row of
+                # zeros (or constants) holds constants (1 / radix).
+                d = dim % cmap.ndim
+                ctx.union_across(cmap, [d])
+                out = cmap.map_carry(CONST, CONST)
+                return ChannelMap(out.dims, out.ids, out.carry, out.ndim, None if is_log else d)
             if dim is None or (dim % cmap.ndim) in cmap.dims:
                 raise Unsupported("softmax over a channel dim")
-            is_log = isinstance(ctx.module, nn.LogSoftmax) if ctx.module is not None else "log" in name
             if not is_log:
                 out = cmap.map_carry(VARY, VARY)
                 return ChannelMap(out.dims, out.ids, out.carry, out.ndim, dim % cmap.ndim)
@@ -133,15 +143,17 @@ class PrunedMultiheadAttention(nn.Module):
     of ``head_dim``, ``out_features`` output channels (nn.MultiheadAttention ties all of them to
     embed_dim). Same call signature and outputs."""
 
-    def __init__(self, in_features, num_heads, head_dim, out_features, bias, dropout, batch_first):
+    def __init__(self, in_features, num_heads, head_dim, out_features, bias, dropout, batch_first,
+                 device=None, dtype=None):
         super().__init__()
+        kw = dict(device=device, dtype=dtype)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.dropout, self.batch_first = dropout, batch_first
         inner = num_heads * head_dim
-        self.q_proj = nn.Linear(in_features, inner, bias=bias)
-        self.k_proj = nn.Linear(in_features, inner, bias=bias)
-        self.v_proj = nn.Linear(in_features, inner, bias=bias)
-        self.out_proj = nn.Linear(inner, out_features, bias=bias)
+        self.q_proj = nn.Linear(in_features, inner, bias=bias, **kw)
+        self.k_proj = nn.Linear(in_features, inner, bias=bias, **kw)
+        self.v_proj = nn.Linear(in_features, inner, bias=bias, **kw)
+        self.out_proj = nn.Linear(inner, out_features, bias=bias, **kw)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
@@ -224,12 +236,12 @@ class MultiheadAttentionRule(Rule):
         rows = keep_h.repeat_interleave(D)
         bias = m.in_proj_bias is not None
         new = PrunedMultiheadAttention(int(keep_in.sum()), int(keep_h.sum()), D, int(keep_out.sum()),
-                                       bias, m.dropout, m.batch_first)
+                                       bias, m.dropout, m.batch_first, **factory_kwargs(m))
         w = m.in_proj_weight.detach()
         in_bias = m.in_proj_bias.detach().clone() if bias else None
         c = fold.get("in")
         if c is not None:  # constants of removed input channels (q = k = v)
-            in_bias = in_bias + w[:, ~keep_in] @ c[~keep_in].to(w.dtype)
+            in_bias = add_folded(in_bias, w[:, ~keep_in], c[~keep_in])
         with torch.no_grad():
             for i, lin in enumerate((new.q_proj, new.k_proj, new.v_proj)):
                 lin.weight.copy_(w[i * E:(i + 1) * E][rows][:, keep_in])

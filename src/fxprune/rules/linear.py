@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
 from ..graph import attr, owner_of
+from .common import add_folded
 from .registry import Rule, Unsupported, call_rule, register
 
 
@@ -35,8 +36,7 @@ class LinearRule(Rule):
         bias = None if m.bias is None else m.bias.detach().clone()
         c = fold.get("in")
         if c is not None:
-            delta = w[:, ~keep_in] @ c[~keep_in].to(w.dtype)
-            bias = delta if bias is None else bias + delta
+            bias = add_folded(bias, w[:, ~keep_in], c[~keep_in])
         new = nn.Linear(int(keep_in.sum()), int(keep_out.sum()), bias=bias is not None,
                         device=w.device, dtype=w.dtype)
         with torch.no_grad():
@@ -120,10 +120,11 @@ def _sliced_conv(w, bias, keep_in, keep_out, fold_in, groups: int):
     if fold_in is not None:
         # a constant input channel adds c * (sum of its kernel) to every output position of its group
         cin = fold_in.reshape(groups, -1)
-        wsum = w.flatten(2).sum(2).reshape(groups, -1, w.shape[1])          # (g, out/g, in/g)
+        wsum = w.double().flatten(2).sum(2).reshape(groups, -1, w.shape[1])          # (g, out/g, in/g)
         removed = ~per_group[0]
-        delta = torch.einsum("goi,gi->go", wsum[:, :, removed], cin[:, removed].to(w.dtype)).reshape(-1)
-        bias = delta if bias is None else bias + delta
+        delta = torch.einsum("goi,gi->go", wsum[:, :, removed], cin[:, removed].double()).reshape(-1)
+        # summed in float64, rounded once to the weight's dtype
+        bias = (delta if bias is None else bias.double() + delta).to(w.dtype)
     return w[keep_out][:, per_group[0]], None if bias is None else bias[keep_out]
 
 
@@ -366,8 +367,7 @@ class FunctionalLinearRule(GetAttrWeightRule):
         b_fqn = self._bias(nodes)
         bias = None if b_fqn is None else attr(root, b_fqn).detach().clone()
         if fold_in is not None:
-            delta = w[:, ~keep_in] @ fold_in[~keep_in].to(w.dtype)
-            bias = delta if bias is None else bias + delta
+            bias = add_folded(bias, w[:, ~keep_in], fold_in[~keep_in])
         _set_tensor(root, fqn, w[keep_out][:, keep_in])
         self._write_bias(root, nodes, fqn, None if bias is None else bias[keep_out], b_fqn)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
 from ..graph import MASK_TAG, RESTORE_TAG, attr
+from .common import factory_kwargs
 from .linear import _sole_user
 from .registry import Rule, Unsupported, register
 
@@ -81,7 +83,7 @@ class LayerNormRule(Rule):
     def rewrite(self, m, keep, fold):
         k = keep["channels"]
         new = nn.LayerNorm(int(k.sum()), eps=m.eps, elementwise_affine=m.elementwise_affine,
-                           bias=m.bias is not None, device=m.weight.device if m.weight is not None else None)
+                           bias=m.bias is not None, **factory_kwargs(m))
         with torch.no_grad():
             if m.weight is not None:
                 new.weight.copy_(m.weight.detach()[k])
@@ -122,17 +124,24 @@ class ChannelNormRule(Rule):
         return ctx.affine_carry(cmap, zeroed, cmap.map_carry(CONST, CONST))
 
     def rewrite(self, m, keep, fold):
+        # a copy of the module, not a new type(m)(...): a subclass that computes what the norm computes
+        # may take other constructor arguments or hold more attributes; a parametrization of the
+        # user's own is sliced as its value, a plain tensor
         k = keep["channels"]
-        new = type(m)(int(k.sum()), eps=m.eps, momentum=m.momentum, affine=m.affine,
-                      track_running_stats=m.track_running_stats)
-        with torch.no_grad():
-            for p in ("weight", "bias", "running_mean", "running_var"):
-                src = getattr(m, p, None)
-                if src is not None:
-                    getattr(new, p).copy_(src.detach()[k])
-            if getattr(m, "num_batches_tracked", None) is not None:
-                new.num_batches_tracked.copy_(m.num_batches_tracked)
-        new.train(m.training)
+        cls = type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
+        new = cls.__new__(cls)
+        new.__dict__.update(m.__dict__)
+        new._parameters, new._buffers, new._modules = dict(m._parameters), dict(m._buffers), dict(m._modules)
+        new._modules.pop("parametrizations", None)
+        for p in ("weight", "bias"):
+            src = getattr(m, p, None)
+            if src is not None:
+                new._parameters[p] = nn.Parameter(src.detach()[k].clone(), requires_grad=src.requires_grad)
+        for p in ("running_mean", "running_var"):
+            src = m._buffers.get(p)
+            if src is not None:
+                new._buffers[p] = src.detach()[k].clone()
+        new.num_features = int(k.sum())
         return new
 
 
@@ -170,7 +179,7 @@ class GroupNormRule(Rule):
         k = keep["channels"]
         per_group = m.num_channels // m.num_groups
         kept = int(k.sum())
-        new = nn.GroupNorm(kept // per_group, kept, eps=m.eps, affine=m.affine)
+        new = nn.GroupNorm(kept // per_group, kept, eps=m.eps, affine=m.affine, **factory_kwargs(m))
         if m.affine:
             with torch.no_grad():
                 new.weight.copy_(m.weight.detach()[k])

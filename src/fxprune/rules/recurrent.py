@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..channels import ZERO, ChannelMap
+from .common import add_folded, factory_kwargs
 from .registry import Rule, Unsupported, register
 
 GATES = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}
@@ -79,7 +80,7 @@ class RecurrentRule(Rule):
         need_bias = m.bias or (c is not None and bool(c.any()))
         kwargs = dict(num_layers=m.num_layers, bias=need_bias, batch_first=m.batch_first,
                       dropout=m.dropout, bidirectional=m.bidirectional)
-        new = type(m)(int(keep_in.sum()), new_h, **kwargs)
+        new = type(m)(int(keep_in.sum()), new_h, **kwargs, **factory_kwargs(m))
         if isinstance(m, nn.RNN):
             new.nonlinearity = m.nonlinearity
         with torch.no_grad():
@@ -96,10 +97,11 @@ class RecurrentRule(Rule):
                     getattr(new, f"weight_ih_l{layer}{sfx}").copy_(w_ih[rows][:, cols])
                     getattr(new, f"weight_hh_l{layer}{sfx}").copy_(w_hh[rows][:, kh])
                     if need_bias:
-                        b_ih = getattr(m, f"bias_ih_l{layer}{sfx}").detach().clone() if m.bias else torch.zeros(g * H)
-                        b_hh = getattr(m, f"bias_hh_l{layer}{sfx}").detach() if m.bias else torch.zeros(g * H)
+                        zeros = w_ih.new_zeros(g * H)
+                        b_ih = getattr(m, f"bias_ih_l{layer}{sfx}").detach().clone() if m.bias else zeros
+                        b_hh = getattr(m, f"bias_hh_l{layer}{sfx}").detach() if m.bias else zeros
                         if layer == 0 and c is not None:
-                            b_ih = b_ih + w_ih[:, ~keep_in] @ c[~keep_in].to(w_ih.dtype)
+                            b_ih = add_folded(b_ih, w_ih[:, ~keep_in], c[~keep_in])
                         getattr(new, f"bias_ih_l{layer}{sfx}").copy_(b_ih[rows])
                         getattr(new, f"bias_hh_l{layer}{sfx}").copy_(b_hh[rows])
         new.train(m.training)

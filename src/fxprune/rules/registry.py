@@ -32,6 +32,7 @@ class Rule:
 
 _MODULE_RULES: dict[type, Rule] = {}
 _CALL_RULES: dict[object, Rule] = {}
+_NAMED_RULES: dict[str, Rule] = {}   # "module.qualname" of functions, looked up without importing them
 
 
 def register(*targets) -> Callable:
@@ -50,7 +51,10 @@ def register(*targets) -> Callable:
     def deco(cls):
         rule = cls() if isinstance(cls, type) else cls
         for t in targets:
-            if isinstance(t, type) and issubclass(t, nn.Module):
+            if isinstance(t, str) and "." in t.strip("."):
+                # "package.module.function": a function of a library fxprune does not import
+                _NAMED_RULES[t] = rule
+            elif isinstance(t, type) and issubclass(t, nn.Module):
                 _MODULE_RULES[t] = rule
             else:
                 _CALL_RULES[t] = rule
@@ -59,19 +63,54 @@ def register(*targets) -> Callable:
     return deco
 
 
+#: methods a subclass may override and still compute what its registered base computes
+_NOT_COMPUTATION = frozenset({"__init__", "__repr__", "extra_repr", "reset_parameters", "__setstate__",
+                              "_load_from_state_dict", "_save_to_state_dict", "__getstate__"})
+
+
+def _inherits_computation(cls: type, base: type) -> bool:
+    """Whether ``cls`` (a subclass of ``base``) computes what ``base`` computes: no class between them
+    redefines a method of ``base`` (``forward``, ``_conv_forward``, ...) other than construction and
+    printing. timm's BatchNormAct2d (a BatchNorm2d followed by its activation), ScaledStdConv2d (an
+    nn.Conv2d that standardises its weight) or AvgPool2dSame (an nn.AvgPool2d that pads first) do not:
+    they are traced instead, their forward made of ops with rules."""
+    for c in cls.__mro__:
+        if c is base:
+            return True
+        for name, value in vars(c).items():
+            if name not in _NOT_COMPUTATION and callable(value) and hasattr(base, name):
+                return False
+    return True
+
+
+def overridden_base(module: nn.Module) -> type | None:
+    """The registered base class whose computation ``module``'s class changes (see module_rule), or None."""
+    cls = type(module)
+    for base in cls.__mro__:
+        if base in _MODULE_RULES:
+            return None if base is cls or _inherits_computation(cls, base) else base
+    return None
+
+
 def module_rule(module: nn.Module) -> Rule | None:
-    for cls in type(module).__mro__:
-        rule = _MODULE_RULES.get(cls)
+    """The rule registered for ``module``'s class or, when it computes what that base computes (see
+    _inherits_computation), for its nearest base class that has one."""
+    cls = type(module)
+    for base in cls.__mro__:
+        rule = _MODULE_RULES.get(base)
         if rule is not None:
-            return rule
+            return rule if base is cls or _inherits_computation(cls, base) else None
     return None
 
 
 def call_rule(target) -> Rule | None:
     try:
-        return _CALL_RULES.get(target)
+        rule = _CALL_RULES.get(target)
     except TypeError:  # unhashable target
         return None
+    if rule is None and _NAMED_RULES and callable(target):
+        rule = _NAMED_RULES.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
+    return rule
 
 
 def is_leaf_type(module: nn.Module) -> bool:

@@ -48,6 +48,20 @@ class DropoutRule(Rule):
         return m
 
 
+@register("torchvision.ops.stochastic_depth.stochastic_depth")
+class StochasticDepthRule(Rule):
+    """torchvision's stochastic_depth(input, p, mode, training): identity in eval mode (or p == 0); in
+    training mode each row (or the whole batch) is zeroed or scaled: zero stays zero, a constant varies."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        if ctx.arg(3, "training", True) and ctx.arg(1, "p", 0.0) > 0:
+            return cmap.map_carry(ZERO, VARY)
+        return cmap
+
+
 @register(nn.Flatten, nn.Unflatten, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze,
           "flatten", "unflatten", "view", "reshape", "squeeze", "unsqueeze")
 class ReshapeRule(Rule):
@@ -422,7 +436,76 @@ class AlongDimRule(Rule):
         return cmap.map_carry(ZERO, VARY) if name.startswith("cum") else cmap
 
 
-@register("expand", "expand_as", "broadcast_to", torch.broadcast_to)
+def _target_map(ctx):
+    """The channel map of the tensor whose shape a ``*_as`` op takes (``x.view_as(other)``), or None."""
+    t = ctx.arg_map(1, "other")
+    return t if isinstance(t, ChannelMap) else None
+
+
+def _take_target_shape(ctx, out):
+    """``x.reshape_as(other)`` / ``x.view_as(other)`` / ``x.expand_as(other)`` take ``other``'s shape at
+    run time, in the pruned model too: the result must have the pruned widths ``other`` has. So where
+    both hold channels they are coupled (pruned together, on the same dims); where only one does, its
+    width would change and the other's not, and the op is a barrier (Unsupported keeps both)."""
+    target = _target_map(ctx)
+    tracked = isinstance(out, ChannelMap)
+    if target is None:
+        if tracked:
+            raise Unsupported("takes the shape of a tensor whose channels are not tracked")
+        return out
+    if not tracked:
+        raise Unsupported("takes the shape of a tensor with channels that it does not hold itself")
+    ctx.couple([out, target], "the tensor and the one whose shape it takes")
+    return out
+
+
+@register("reshape_as", "view_as")
+class ReshapeAsRule(ReshapeRule):
+    """``x.reshape_as(other)``, ``x.view_as(other)``: :class:`ReshapeRule` to ``other``'s shape, read at
+    run time (nothing to rewrite); see _take_target_shape."""
+
+    def flow(self, ctx):
+        src = _map(ctx)
+        if src is None and _target_map(ctx) is None:
+            return None
+        out = None if src is None else super().flow(ctx)
+        if isinstance(out, ParamView):
+            if _target_map(ctx) is not None:
+                raise Unsupported("a parameter takes the shape of a tensor with channels")
+            return out
+        return _take_target_shape(ctx, out)
+
+    def rewrite_node(self, node, ctx):
+        return None
+
+
+@register("expand_as")
+class ExpandAsRule(Rule):
+    """``x.expand_as(other)``: :class:`ExpandRule` to ``other``'s shape. Where ``x`` broadcasts (size 1)
+    along dims on which ``other`` holds channels, the result holds ``other``'s channels there, each with
+    ``x``'s values: input-dependent (a gate expanded over the channels it multiplies)."""
+
+    def flow(self, ctx):
+        src, target = _map(ctx), _target_map(ctx)
+        nd = ctx.out.dim()
+        if isinstance(src, ParamView):
+            if target is not None:
+                raise Unsupported("a parameter takes the shape of a tensor with channels")
+            return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape)
+        out = src.align_to(nd) if isinstance(src, ChannelMap) else None
+        if target is not None:
+            x = ctx.arg(0, "input")
+            shape = [1] * (nd - x.dim()) + list(x.shape)
+            if all(shape[d] == 1 for d in target.dims) and (out is None or set(out.dims) <= set(target.dims)):
+                # broadcast along the channels (a gate): x's values at every channel; a channel x holds
+                # there (a 1-wide producer) is copied to all of them and stays
+                if out is not None:
+                    ctx.flow.pin(ctx.node, out.ids, f"{ctx.node.name}: a single channel broadcast by expand_as")
+                return target.with_carry(VARY)
+        return _take_target_shape(ctx, out)
+
+
+@register("expand", "broadcast_to", torch.broadcast_to)
 class ExpandRule(Rule):
     """Broadcasting a tensor: only size-1 dims grow, and new dims come first."""
 

@@ -1,0 +1,57 @@
+"""Idioms of timm's models: ``reshape_as``/``view_as``/``expand_as`` (LeViT's LinearNorm, gates), softmax
+over split attention's radix dim (ResNeSt, SKNet), torchvision's stochastic_depth."""
+import torch
+import torch.nn as nn
+
+import fxprune
+from conftest import assert_pruned_equals_masked
+
+
+class AsOps(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.g = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 1)
+        self.bn, self.out = nn.BatchNorm1d(8), nn.Linear(8, 2)
+
+    def forward(self, x):                       # x: (b, t, 6)
+        y = self.a(x)
+        z = self.bn(y.flatten(0, 1)).reshape_as(y)            # levit's LinearNorm
+        z = z + self.b(x).view_as(y)
+        z = z * torch.sigmoid(self.g(x)).expand_as(z)         # a gate broadcast over the channels
+        return self.out(z)
+
+
+def test_as_ops():
+    torch.manual_seed(0)
+    m = AsOps().eval()
+    x = torch.randn(2, 5, 6)
+    p = fxprune.prune(m, (x,), sparsity=0.5)
+    r = p.meta["fxprune"]
+    assert all("expand_as" in why for _, why in r.barriers)   # only g's single channel, broadcast
+    assert r.params_after < r.params_before
+    assert_pruned_equals_masked(m, (x,), p)
+    assert p.a.out_features == p.b.out_features == 4
+
+
+class Radix(nn.Module):
+    def __init__(self, c=8, radix=2):
+        super().__init__()
+        self.c, self.radix = c, radix
+        self.conv, self.fc, self.out = nn.Conv2d(3, c * radix, 1), nn.Conv2d(c, c * radix, 1), nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        b = x.shape[0]
+        y = self.conv(x).view(b, self.radix, self.c, x.shape[2], x.shape[3])
+        a = self.fc(y.sum(1).mean((2, 3), keepdim=True)).view(b, 1, self.radix, self.c).transpose(1, 2)
+        a = a.softmax(1).reshape(b, self.radix, self.c, 1, 1)
+        return self.out((y * a).sum(1))
+
+
+def test_softmax_over_radix():
+    torch.manual_seed(0)
+    m = Radix().eval()
+    x = torch.randn(2, 3, 6, 6)
+    p = fxprune.prune(m, (x,), sparsity=0.5)
+    r = p.meta["fxprune"]
+    assert not r.barriers and p.out.in_channels == 4
+    assert_pruned_equals_masked(m, (x,), p)
