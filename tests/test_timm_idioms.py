@@ -55,3 +55,24 @@ def test_softmax_over_radix():
     r = p.meta["fxprune"]
     assert not r.barriers and p.out.in_channels == 4
     assert_pruned_equals_masked(m, (x,), p)
+
+
+class ParamGate(nn.Module):
+    """efficientvim's gate: an activation of a parameter multiplies the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.gate = nn.Parameter(torch.randn(8, 1, 1))
+
+    def forward(self, x):
+        return self.out(torch.relu(self.a(x)) * self.gate.sigmoid())
+
+
+def test_an_activation_of_a_parameter():
+    torch.manual_seed(0)
+    m, x = ParamGate().eval(), torch.randn(2, 3, 5, 5)
+    for prune_bias in (True, False):
+        p = fxprune.prune(m, (x,), sparsity=0.5, prune_bias=prune_bias)
+        assert p.meta["fxprune"].exact
+        assert_pruned_equals_masked(m, (x,), p)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, ZERO
+from ..channels import CONST, ZERO, ChannelMap
 from .common import factory_kwargs
 from .registry import Rule, Unsupported, register
 
@@ -36,8 +36,8 @@ def maps_zero_to_zero(fn, like: torch.Tensor, *rest, **kwargs) -> bool:
 class PointwiseRule(Rule):
     def flow(self, ctx):
         cmap = ctx.arg_map(0, "input")
-        if cmap is None:
-            return None
+        if not isinstance(cmap, ChannelMap):  # of a parameter (x * self.gate.sigmoid()): a new tensor,
+            return None                       # not a view of the parameter that could be sliced with it
         zero = ZERO if self.f0_is_zero(ctx) else CONST
         return cmap.map_carry(zero, CONST)
 
