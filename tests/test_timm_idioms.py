@@ -76,3 +76,25 @@ def test_an_activation_of_a_parameter():
         p = fxprune.prune(m, (x,), sparsity=0.5, prune_bias=prune_bias)
         assert p.meta["fxprune"].exact
         assert_pruned_equals_masked(m, (x,), p)
+
+
+class ComputedBias(nn.Module):
+    """BEiT/EVA's qkv: F.linear with the weight of a Linear and a bias concatenated at run time."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.qkv, self.out = nn.Linear(6, 8), nn.Linear(8, 12, bias=False), nn.Linear(12, 2)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        h = torch.relu(self.inp(x))
+        return self.out(torch.nn.functional.linear(h, self.qkv.weight, bias=bias))
+
+
+def test_linear_with_a_bias_computed_at_run_time_consumes_its_input():
+    torch.manual_seed(0)
+    m, x = ComputedBias().eval(), torch.randn(3, 6)
+    p = fxprune.prune(m, (x,), sparsity=0.5)
+    assert p.inp.out_features == 4 and p.qkv.weight.shape == (12, 4)   # columns pruned, rows kept
+    assert_pruned_equals_masked(m, (x,), p)

@@ -5,6 +5,7 @@ import copy
 import weakref
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
@@ -349,6 +350,16 @@ class FunctionalLinearRule(GetAttrWeightRule):
     def flow(self, ctx):
         x = _channels(ctx.arg_map(0, "input"))
         W = ctx.arg(1, "weight")
+        bias = _arg_node(ctx.node, 2, "bias")
+        w = _get_attr_target(ctx.node, *self.WEIGHT)
+        if isinstance(bias, fx.Node) and bias.op != "get_attr" and w is not None and W.dim() == 2:
+            # a bias computed at run time (timm's qkv: cat of q and v biases around zeros for k): its
+            # width is the run-time one, so the rows stay; the input columns are consumed (no constant
+            # folds into a bias that is not a tensor of ours)
+            _sole_user(ctx, [w])
+            ctx.site_owner = ""
+            ctx.consume(f"{w}:in", x, dim=-1, fold=False)
+            return None
         names = self.weights(ctx)
         if names is None or W.dim() != 2:
             if isinstance(x, ChannelMap):
