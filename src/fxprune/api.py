@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from .analysis import analyze
-from .dump import STAGES, stage_texts, write_stages
+from .dump import STAGES, check_stages, stage_texts, write_stages
 from .graph import normalize_inputs
 from .masked import build_masked, write_masks
 from .masks import Selection, make_plan, units_from_masks, units_from_sparsity
@@ -222,9 +222,7 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
     """
     prune_kwargs.pop("dump_dir", None)
     inputs = normalize_inputs(example_inputs)
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise ValueError(f"unknown dump stage(s) {unknown}; choose from {list(STAGES)}")
+    check_stages(stages)
     gm = embedded = None
     if pruned is None and not prune_kwargs:
         gm, embedded = capture_model(model_or_graph_module)  # masks the model carries are a plan too

@@ -53,6 +53,12 @@ def normalize_inputs(example_inputs) -> tuple:
     return example_inputs
 
 
+def float_dtypes(module: nn.Module) -> dict[str, torch.dtype]:
+    """{name: dtype} of ``module``'s floating parameters and buffers."""
+    return {name: t.dtype for name, t in (*module.named_parameters(), *module.named_buffers())
+            if t.is_floating_point()}
+
+
 def private_copy(model: nn.Module) -> nn.Module:
     """copy.deepcopy that leaves the original alone whatever is done to the copy.
 

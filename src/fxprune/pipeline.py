@@ -21,7 +21,7 @@ from .analysis.flow import op_name
 from .capture import capture
 from .channels import CONST, maps_in
 from .dump import write_dumps
-from .graph import FakeShapeProp, normalize_inputs, private_copy
+from .graph import FakeShapeProp, float_dtypes, normalize_inputs, private_copy
 from .interop import take_masks
 from .masked import build_masked, masked_view
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
@@ -97,7 +97,7 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
     bytes_before = model_bytes(gm)  # parameters + buffers, before baking
     dtype = model_dtype(gm)
     vdtype = verification_dtype(dtype) if verify else dtype
-    dtypes = {k: t.dtype for k, t in (*gm.named_parameters(), *gm.named_buffers()) if t.is_floating_point()}
+    dtypes = float_dtypes(gm)
     # (op, input node names) of each node as captured, to name where the models part ways
     ops = {n.name: (op_name(n, dict(gm.named_modules())), [a.name for a in n.all_input_nodes])
            for n in gm.graph.nodes} if record else {}

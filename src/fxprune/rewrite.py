@@ -13,6 +13,7 @@ import torch
 import torch.fx as fx
 
 from .channels import ChannelMap
+from .graph import float_dtypes
 from .masks import Plan
 from .rules import call_rule
 
@@ -175,7 +176,7 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         folds = {s.role: fold.get(s.key) for s in sites}
         if all(bool(k.all()) for k in keep.values()) and all(f is None for f in folds.values()):
             continue
-        before = _float_dtypes(module)
+        before = float_dtypes(module)
         with _default_dtype_of(module):  # a rule building nn.X(...) without dtype= gets the module's
             new_module = sites[0].rule.rewrite(module, keep, folds)
         _check_dtypes(owner, before, new_module, sites[0].rule)
@@ -197,16 +198,11 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
     return baked
 
 
-def _float_dtypes(module: torch.nn.Module) -> dict[str, torch.dtype]:
-    return {name: t.dtype for name, t in (*module.named_parameters(), *module.named_buffers())
-            if t.is_floating_point()}
-
-
 @contextlib.contextmanager
 def _default_dtype_of(module: torch.nn.Module):
     """torch's default dtype set to the dtype of ``module``'s floating tensors while its rule builds the
     smaller module, when they all have one (float64, float16, bfloat16 models)."""
-    dtypes = set(_float_dtypes(module).values())
+    dtypes = set(float_dtypes(module).values())
     if len(dtypes) != 1 or isinstance(module, fx.GraphModule):
         yield
         return
@@ -221,7 +217,7 @@ def _default_dtype_of(module: torch.nn.Module):
 def _check_dtypes(owner: str, before: dict, new: torch.nn.Module, rule) -> None:
     """Pruning changes widths, never dtypes: every floating tensor the smaller module keeps has the
     dtype it had."""
-    for name, dtype in _float_dtypes(new).items():
+    for name, dtype in float_dtypes(new).items():
         if name in before and before[name] != dtype:
             raise AssertionError(f"{type(rule).__name__}.rewrite turned {owner}.{name} from {before[name]} into "
                                  f"{dtype}; build the new module with the old one's dtype "

@@ -31,8 +31,8 @@ Example::
 from __future__ import annotations
 
 from .digraph import to_networkx
-from .dot import STAGES, pruned_to_dot, stage_texts, to_dot, write_dumps, write_stages
+from .dot import STAGES, check_stages, pruned_to_dot, stage_texts, to_dot, write_dumps, write_stages
 from .style import group_color
 from .widths import plot_widths
 
-__all__ = ["to_dot", "pruned_to_dot", "write_dumps", "stage_texts", "write_stages", "to_networkx", "plot_widths", "group_color", "STAGES"]
+__all__ = ["to_dot", "pruned_to_dot", "write_dumps", "stage_texts", "write_stages", "check_stages", "to_networkx", "plot_widths", "group_color", "STAGES"]

@@ -346,10 +346,14 @@ def write_stages(out_dir: str, texts: dict[str, str], formats=("svg", "png"), st
     return written
 
 
-def stage_texts(analysis, plan, pruned, stages, collapse, expand=()) -> dict[str, str]:
+def check_stages(stages) -> None:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise ValueError(f"unknown dump stage(s) {bad}; choose from {list(STAGES)}")
+
+
+def stage_texts(analysis, plan, pruned, stages, collapse, expand=()) -> dict[str, str]:
+    check_stages(stages)
     texts = {}
     for s in stages:
         if s == "captured":

@@ -2,6 +2,7 @@
 method name (see :mod:`fxprune.rules` for what a rule implements)."""
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch.nn as nn
@@ -68,6 +69,7 @@ _NOT_COMPUTATION = frozenset({"__init__", "__repr__", "extra_repr", "reset_param
                               "_load_from_state_dict", "_save_to_state_dict", "__getstate__"})
 
 
+@functools.lru_cache(maxsize=None)
 def _inherits_computation(cls: type, base: type) -> bool:
     """Whether ``cls`` (a subclass of ``base``) computes what ``base`` computes: no class between them
     redefines a method of ``base`` (``forward``, ``_conv_forward``, ...) other than construction and
