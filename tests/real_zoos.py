@@ -20,6 +20,7 @@ import re
 import warnings
 
 import torch
+import torch.nn as nn
 
 
 @functools.lru_cache(None)
@@ -152,3 +153,18 @@ def short_error(e: BaseException, n: int = 300) -> str:
     first = (str(e).strip().splitlines() or [""])[0]
     first = re.sub(r"\s+", " ", re.sub(r"/\S*/site-packages/", "", first))
     return f"{type(e).__name__}: {first[:n]}"
+
+
+def perturbed(model: nn.Module) -> nn.Module:
+    """Constant parameters (zero-initialised gains and biases, unit norm weights) get random noise, and
+    BatchNorm statistics random values, so that no comparison is vacuous."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(1 + 0.5 * torch.rand(m.running_var.shape, generator=g))
+    return model

@@ -123,8 +123,8 @@ ERRORS = {
                            ValueError, r"either masks= or sparsity="),
     "example-inputs-none": (lambda m: fxprune.prune(m, None, sparsity=0.5),
                             ValueError, r"example_inputs is required"),
-    "example-inputs-missing": (lambda m: fxprune.prune(m, sparsity=0.5),
-                               TypeError, r"example_inputs"),
+    "example-inputs-missing": (lambda m: fxprune.prune(m, sparsity=0.5),   # optional for ExportedPrograms
+                               ValueError, r"example_inputs is required"),
     "example-inputs-str": (lambda m: fxprune.prune(m, "x", sparsity=0.5),
                            ValueError, r"example_inputs must be a tensor or a tuple"),
     "masks-not-a-dict": (lambda m: fxprune.prune(m, (X,), masks=[keep(10)]),

@@ -49,21 +49,6 @@ DEAD = [("timm", "efficientnet_b0", 32, {}), ("timm", "lcnet_050", 32, {}), ("ti
         ("timm", "cspdarknet53", 32, {})]
 
 
-def _perturbed(model: nn.Module) -> nn.Module:
-    """Constant parameters (zero-initialised gains and biases, unit norm weights) get random noise, and
-    BatchNorm statistics random values, so that no comparison is vacuous."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() > 1 and bool((p == p.reshape(-1)[0]).all()):
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(1 + 0.5 * torch.rand(m.running_var.shape, generator=g))
-    return model
-
-
 def _build(source, name, side, kwargs):
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -72,7 +57,7 @@ def _build(source, name, side, kwargs):
             model = rz.import_timm().create_model(name, pretrained=False, **kwargs).eval()
         else:
             model = rz.build(source, name)
-    return _perturbed(model), (torch.randn(1, 3, side, side),)
+    return rz.perturbed(model), (torch.randn(1, 3, side, side),)
 
 
 def _depends_on_input(model, inputs) -> None:

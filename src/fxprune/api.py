@@ -23,7 +23,8 @@ from .graph import normalize_inputs
 from .masked import build_masked, write_masks
 from .masks import Selection, make_plan, units_from_masks, units_from_sparsity
 from .measure import time_pair
-from .pipeline import State, capture_model, finish, prepare, run
+from .capture import META, reexport, restore_call
+from .pipeline import State, capture_model, captured_inputs, finish, prepare, run
 
 
 def gc_paused(fn):
@@ -47,10 +48,10 @@ def gc_paused(fn):
 
 
 @gc_paused
-def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None, masks: dict | None = None,
+def prune(model, example_inputs=None, sparsity: float | None = None, masks: dict | None = None,
           criterion: str = "l1", prune_bias: bool | None = None, prune_outputs: bool = False,
           ignore=(), layer_sparsity: dict | None = None, global_ranking: bool = False,
-          round_to: int = 1, verify: bool = True, dump_dir=None) -> fx.GraphModule:
+          round_to: int = 1, verify: bool = True, dump_dir=None, example_kwargs: dict | None = None):
     """Prune channels of ``model`` and return a new, smaller GraphModule that computes exactly what the
     masked model computes. ``model`` is never modified.
 
@@ -60,9 +61,18 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
         pruned = fxprune.prune(model, (x,), masks={"fc1.weight": keep})
         print(pruned.meta["fxprune"])                               # the report
 
+    ``model`` may be an ``nn.Module`` (traced symbolically, or exported with torch.export when that
+    fails: Hugging Face transformers), a GraphModule (``ep.module()`` and ``make_fx`` graphs too) or a
+    ``torch.export.ExportedProgram``, for which an ExportedProgram comes back: same signature,
+    parameter names and dynamic dims, the report in ``result.graph_module.meta["fxprune"]``::
+
+        pruned_ep = fxprune.prune(torch.export.export(llama, (), {"input_ids": ids}), sparsity=0.5)
+
     Args:
         example_inputs: a tensor or tuple of the model's positional inputs (shapes are propagated on
-            fake tensors; the real inputs are used once more to verify the result).
+            fake tensors; the real inputs are used once more to verify the result). For an
+            ExportedProgram, ``ep.example_inputs`` by default.
+        example_kwargs: the model's keyword inputs (``{"input_ids": ids}``), as torch.export takes them.
         sparsity: fraction of each group's channels to prune, in [0, 1).
         masks: bool keep-masks over producers' output rows, keyed by tensor fqn (``"fc1.weight"``).
         criterion: ``"l1"``, ``"l2"`` or ``"fpgm"``.
@@ -84,14 +94,28 @@ def prune(model: torch.nn.Module, example_inputs, sparsity: float | None = None,
     """
     if prune_bias is None:  # a masked model of ours says how it masks
         prune_bias = getattr(model, "meta", {}).get("fxprune_masked", {}).get("prune_bias", True)
-    return run(lambda keep: prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs,
-                                    ignore, keep, layer_sparsity=layer_sparsity, global_ranking=global_ranking,
-                                    round_to=round_to),
-               prune_bias, verify, dump_dir=dump_dir)
+    pruned = run(lambda keep: prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs,
+                                      ignore, keep, example_kwargs, layer_sparsity=layer_sparsity,
+                                      global_ranking=global_ranking, round_to=round_to),
+                 prune_bias, verify, dump_dir=dump_dir)
+    return _as_given(model, pruned, example_inputs, example_kwargs)
+
+
+def _as_given(model, pruned: fx.GraphModule, example_inputs, example_kwargs):
+    """The result in the form the model came: an ExportedProgram for an ExportedProgram (the report in
+    its ``graph_module.meta["fxprune"]``), else the GraphModule."""
+    if not isinstance(model, torch.export.ExportedProgram):
+        return pruned
+    if example_inputs is None and example_kwargs is None:
+        example_inputs, example_kwargs = model.example_inputs
+    args = normalize_inputs(example_inputs) if example_inputs is not None else ()
+    program = reexport(pruned, model, args, example_kwargs or {})
+    program.graph_module.meta["fxprune"] = pruned.meta["fxprune"]
+    return program
 
 
 @gc_paused
-def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphModule:
+def eliminate_dead_channels(model, example_inputs=None, example_kwargs: dict | None = None):
     """Remove every channel that is zero for every input, and return a smaller GraphModule with the
     same output as ``model`` (which is not modified).
 
@@ -105,10 +129,9 @@ def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphM
         smaller = fxprune.eliminate_dead_channels(model, (x,))
         assert torch.allclose(smaller(x), model(x))
     """
-    inputs = normalize_inputs(example_inputs)
-
     def make_state(keep_groups):
-        gm, _ = capture_model(model)
+        gm, _ = capture_model(model, example_inputs, example_kwargs)
+        inputs = captured_inputs(gm)
         analysis = analyze(gm, inputs, prune_bias=True, dead=True)
         flags = torch.zeros(analysis.n_elements, dtype=torch.bool)
         for g in analysis.groups:
@@ -118,7 +141,7 @@ def eliminate_dead_channels(model: torch.nn.Module, example_inputs) -> fx.GraphM
         return State(gm, inputs, analysis, make_plan(analysis, flags, keep_groups))
 
     # masking dead channels changes no value the model computes: verified against the model itself
-    return run(make_state, prune_bias=True, reference=True)
+    return _as_given(model, run(make_state, prune_bias=True, reference=True), example_inputs, example_kwargs)
 
 
 class PrunePass:
@@ -142,8 +165,9 @@ class PrunePass:
 
 
 @gc_paused
-def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str = "l1",
-                prune_bias: bool = True, prune_outputs: bool = False, ignore=(), **selection) -> fx.GraphModule:
+def apply_masks(model, example_inputs=None, masks=None, sparsity=None, criterion: str = "l1",
+                prune_bias: bool = True, prune_outputs: bool = False, ignore=(), example_kwargs: dict | None = None,
+                **selection) -> fx.GraphModule:
     """The masked model: a new GraphModule computing ``model`` with the pruned channels held at zero.
 
     Example::
@@ -155,11 +179,11 @@ def apply_masks(model, example_inputs, masks=None, sparsity=None, criterion: str
         pruned = fxprune.prune(masked, (x,))  # the masks come with the model
     """
     state = prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
-                    **selection)
+                    example_kwargs=example_kwargs, **selection)
     masked = build_masked(state.gm, state.plan, prune_bias)
     masked.meta["fxprune_masked"] = {"example_inputs": state.inputs, "prune_bias": prune_bias,
                                      "prune_outputs": prune_outputs}
-    return masked
+    return restore_call(masked, masked.meta[META].codegen)
 
 
 @gc_paused
@@ -183,7 +207,8 @@ def update_masks(masked: fx.GraphModule, sparsity: float, criterion: str = "l1",
 
 
 @gc_paused
-def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs: bool = False) -> list[dict]:
+def find_patterns(model, example_inputs=None, prune_bias: bool = True, prune_outputs: bool = False,
+                  example_kwargs: dict | None = None) -> list[dict]:
     """The channel groups of ``model``, each with its pattern name, producers, width and whether it
     can be pruned (and if not, why). ``model`` is not modified.
 
@@ -192,8 +217,8 @@ def find_patterns(model, example_inputs, prune_bias: bool = True, prune_outputs:
         for g in fxprune.find_patterns(model, (x,)):
             print(g["pattern"], g["producers"], g["width"], g["blocked"])
     """
-    gm, _ = capture_model(model)
-    analysis = analyze(gm, normalize_inputs(example_inputs), prune_bias, prune_outputs)
+    gm, _ = capture_model(model, example_inputs, example_kwargs)
+    analysis = analyze(gm, captured_inputs(gm), prune_bias, prune_outputs)
     return [
         {"pattern": g.pattern, "producers": [s.fqn(next(iter(s.tensors))) for s in g.producers],
          "width": g.width, "prunable": sum(1 for u in g.units if u.blocked is None), "blocked": g.blocked}

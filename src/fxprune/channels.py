@@ -243,6 +243,9 @@ class ParamView:
     target: str
     dims: tuple[int | None, ...]
     shape: tuple[int, ...]          # the parameter's shape
+    #: an elementwise function of the parameter (``1 + w``, ``w.sigmoid()``): sliced with the parameter,
+    #: but a masked (zeroed) parameter does not make it zero
+    derived: bool = False
 
     @property
     def ndim(self) -> int:
@@ -253,7 +256,7 @@ class ParamView:
         return p if p is not None and self.shape[p] > 1 else None
 
     def permute(self, perm) -> "ParamView":
-        return ParamView(self.target, tuple(self.dims[p] for p in perm), self.shape)
+        return ParamView(self.target, tuple(self.dims[p] for p in perm), self.shape, self.derived)
 
     def reshape(self, in_shape, out_shape) -> "ParamView | None":
         """A parameter dim keeps being tracked where the reshape leaves it alone (only size-1 dims
@@ -271,7 +274,7 @@ class ParamView:
             if len(big_in) != 1 or len(big_out) != 1:
                 return None
             dims[big_out[0]] = self.dims[big_in[0]]
-        return ParamView(self.target, tuple(dims), self.shape)
+        return ParamView(self.target, tuple(dims), self.shape, self.derived)
 
 
 def maps_in(tree) -> list[ChannelMap]:

@@ -18,10 +18,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import Analysis, analyze
 from .analysis.flow import op_name
-from .capture import capture
+from .capture import META, capture, restore_call
 from .channels import CONST, maps_in
 from .dump import write_dumps
-from .graph import FakeShapeProp, float_dtypes, normalize_inputs, private_copy
+from .graph import FakeShapeProp, float_dtypes, private_copy
 from .interop import take_masks
 from .masked import build_masked, masked_view
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
@@ -43,24 +43,36 @@ class State:
     plan: Plan
 
 
-def capture_model(model) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """A captured private copy of ``model``, without the masks it carried, and those masks.
+def capture_model(model, example_inputs=None, example_kwargs=None) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
+    """A captured private copy of ``model``, without the masks it carried, and those masks. The
+    example inputs, flat as the graph takes them, are in ``gm.meta["fxprune_capture"].inputs``.
 
     Example::
 
-        gm, masks = capture_model(apply_masks(model, (x,), sparsity=0.5))   # gm: the unmasked graph
+        gm, masks = capture_model(apply_masks(model, (x,), sparsity=0.5), (x,))   # gm: the unmasked graph
     """
+    if isinstance(model, torch.export.ExportedProgram):
+        return capture(model, example_inputs, example_kwargs), {}
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
+        raise TypeError(f"expected an nn.Module, fx.GraphModule or torch.export.ExportedProgram, "
+                        f"got {type(model).__name__}")
     own = private_copy(model)
     masks = take_masks(own)
-    return capture(own, copy=False), masks
+    return capture(own, example_inputs, example_kwargs, copy=False), masks
+
+
+def captured_inputs(gm: fx.GraphModule) -> tuple:
+    """The example inputs of a captured graph, flat as it takes them."""
+    inputs = gm.meta[META].inputs
+    if inputs is None:
+        raise ValueError("example_inputs is required: a tensor or a tuple of the model's positional inputs "
+                         "(and example_kwargs= for keyword inputs)")
+    return inputs
 
 
 def prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
-            keep_groups: dict[int, str] | None = None, **selection) -> State:
+            keep_groups: dict[int, str] | None = None, example_kwargs=None, **selection) -> State:
     """Capture, analyse, and plan which units are masked and removed (``keep_groups``: see make_plan)."""
-    inputs = normalize_inputs(example_inputs)
     if sparsity is not None:
         select = Selection(sparsity, criterion, ignore, **selection)
         select.check()
@@ -68,7 +80,8 @@ def prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune
         raise ValueError("give either masks= or sparsity=, not both")
     if masks is not None and not isinstance(masks, dict):
         raise ValueError(f"masks must be a dict of tensor name -> bool keep-mask, got {type(masks).__name__}")
-    gm, embedded = capture_model(model)
+    gm, embedded = capture_model(model, example_inputs, example_kwargs)
+    inputs = captured_inputs(gm)
     analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
     if masks is not None:
         flags = units_from_masks(analysis, masks)
@@ -115,7 +128,7 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
     masked_out, recorded, values = expected, {}, {}
     if (verify and expected is None) or fold_uses or record:
         masked = masked_view(baked, plan, prune_bias)
-        recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses}, all_outputs=record)
+        recorder = RecordingInterpreter(masked, {u.node.name: u.arg for u in fold_uses}, all_outputs=record)
         with verification_mode(masked):
             out = recorder.run(*copies(inputs))
         masked_out = out if masked_out is None else masked_out
@@ -159,6 +172,8 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
         report.verified_dtype = str(vdtype).removeprefix("torch.")
     else:
         report.max_abs_diff = report.rel_diff = None
+    if META in pruned.meta:
+        report.capture = pruned.meta[META].describe()
     pruned.meta["fxprune"] = report
     if record:
         return pruned, [(name, *ops.get(name, ("", []))) for name in differing]
@@ -176,6 +191,8 @@ def run(make_state: Callable[[dict], State], prune_bias: bool, verify: bool = Tr
         pruned, state = _restore_exactness(make_state, state, pruned, prune_bias, reference, stacklevel + 2)
     if dump_dir is not None:  # captured/groups/pruned .dot (+ .svg/.png with Graphviz), see fxprune.dump
         write_dumps(dump_dir, state.analysis, state.plan, pruned, stacklevel=stacklevel + 2)
+    if META in pruned.meta:   # called as the user calls the model (args/kwargs, a ModelOutput back)
+        restore_call(pruned, pruned.meta[META].codegen)
     return pruned
 
 

@@ -52,6 +52,9 @@ class Report:
     #: the dtype the two models were compared in (float32 for float16/bfloat16 models)
     verified_dtype: str | None = None
     prune_bias: bool = True
+    #: how the model was captured: "symbolic_trace", "torch.export (symbolic trace failed: ...)",
+    #: "exported program", "graph module"
+    capture: str | None = None
     notes: list[str] = field(default_factory=list)
     #: per flattened output: None, or (channel dims, kept bool array) when its width changed
     output_keeps: list = field(default_factory=list, repr=False)
@@ -104,6 +107,8 @@ class Report:
              + (f"; beyond rounding, tolerance {self.tolerance:.2g}" if self.exact is False else "") + ")"
              if self.max_abs_diff is not None else "not verified (verify=False)"),
         ]
+        if self.capture and self.capture != "symbolic_trace":
+            lines.append(f"captured with: {self.capture}")
         if self.barriers:
             lines.append("barriers (channels that reach these are not removed):")
             lines += [f"  {node}: {why}" for node, why in self.barriers]

@@ -234,10 +234,16 @@ def _shared_parameters(gm: torch.nn.Module) -> list[list[tuple[str, str]]]:
     return [places for places in where.values() if len(places) > 1]
 
 
-def _retie(gm: torch.nn.Module, shared) -> None:
-    """Tie again what was tied, when every holder was sliced the same way."""
+def _retie(gm: fx.GraphModule, shared) -> None:
+    """Tie again what was tied, when every holder the graph reads was sliced the same way. Holders it
+    does not read (an exported graph reads tied embeddings under one name) follow the ones it reads."""
+    read = {n.target for n in gm.graph.nodes if n.op == "call_module" or n.op == "get_attr" and n.users}
+    def is_read(path, name):
+        fqn = f"{path}.{name}" if path else name
+        return fqn in read or path in read
     for places in shared:
         params = [getattr(gm.get_submodule(path), name) for path, name in places]
-        if all(p.shape == params[0].shape and torch.equal(p, params[0]) for p in params[1:]):
-            for path, name in places[1:]:
-                setattr(gm.get_submodule(path), name, params[0])
+        used = [p for p, place in zip(params, places) if is_read(*place)] or params
+        if all(p.shape == used[0].shape and torch.equal(p, used[0]) for p in used[1:]):
+            for path, name in places:
+                setattr(gm.get_submodule(path), name, used[0])

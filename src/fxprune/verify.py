@@ -18,10 +18,11 @@ from .channels import ChannelMap
 
 
 class RecordingInterpreter(fx.Interpreter):
-    """Runs a GraphModule and keeps the first input of the named nodes (``recorded``) and, with
-    ``all_outputs``, every node's tensor output (``values``, to find where two models part ways)."""
+    """Runs a GraphModule and keeps one input of the named nodes (``recorded``; ``names``: node name ->
+    argument index) and, with ``all_outputs``, every node's tensor output (``values``, to find where two
+    models part ways)."""
 
-    def __init__(self, gm: fx.GraphModule, names: set[str], all_outputs: bool = False):
+    def __init__(self, gm: fx.GraphModule, names: dict[str, int], all_outputs: bool = False):
         super().__init__(gm)
         self.names, self.all_outputs = names, all_outputs
         self.recorded: dict[str, object] = {}
@@ -31,7 +32,7 @@ class RecordingInterpreter(fx.Interpreter):
         # copies: an in-place op (relu_, +=) may change a tensor after this node read or made it
         if n.name in self.names:
             args, _ = self.fetch_args_kwargs_from_env(n)
-            x = args[0]
+            x = args[self.names[n.name]]
             self.recorded[n.name] = x.detach().clone() if isinstance(x, torch.Tensor) else x
         out = super().run_node(n)
         if self.all_outputs and isinstance(out, torch.Tensor) and n.op != "output":
@@ -162,7 +163,7 @@ def differing_nodes(masked_values: dict, pruned: fx.GraphModule, inputs: tuple, 
     """The nodes of ``pruned``, in graph order, whose output differs from the masked model's (on the
     kept channels) by more than ``tol`` relative to its magnitude. Nodes that have no counterpart of a
     comparable shape are skipped."""
-    rec = RecordingInterpreter(pruned, set(), all_outputs=True)
+    rec = RecordingInterpreter(pruned, {}, all_outputs=True)
     with verification_mode(pruned):
         rec.run(*copies(inputs))
     out = []

@@ -62,6 +62,7 @@ class Use:
     what: str                  # for the report: "consumed by fc", "graph output", "barrier: ..."
     site: tuple | None = None  # consumer site, for constant folding
     dim: int | None = None     # channel dim of the input tensor (consumers)
+    arg: int = 0               # the argument that input is (consumers)
 
 
 class FlowContext:
@@ -159,8 +160,10 @@ class FlowContext:
         zero = _zero_elements(self.module, {p: 1 for p in params}, {}, cmap.ids.numel(), member=True)
         return otherwise.with_carry(torch.where(zero.reshape(otherwise.carry.shape), ZERO, otherwise.carry).to(torch.int8))
 
-    def consume(self, role: str, cmap: ChannelMap | None, dim: int, fold: bool, what: str | None = None) -> None:
-        """The op reads ``cmap``'s channels on ``dim`` through the parameter columns of ``role``."""
+    def consume(self, role: str, cmap: ChannelMap | None, dim: int, fold: bool, what: str | None = None,
+                arg: int = 0) -> None:
+        """The op reads ``cmap``'s channels on ``dim`` of its argument ``arg`` through the parameter
+        columns of ``role``."""
         key = (self.owner, role)
         if cmap is not None and cmap.dims != (dim % cmap.ndim,):
             self.block(cmap, f"channels spread over dims {cmap.dims}, {self._name()} reads dim {dim}")
@@ -179,7 +182,7 @@ class FlowContext:
                 if use.site == key:
                     use.ok_const = False
         self.flow.uses.append(Use(self.node, cmap.ids, cmap.carry, True, fold,
-                                  what or f"consumed by {self._name()}", key, dim))
+                                  what or f"consumed by {self._name()}", key, dim, arg))
 
     def member(self, role: str, cmap: ChannelMap, params: tuple[str, ...], zeroed: tuple[str, ...] = ()) -> None:
         """Per-channel parameters ``params`` of ``role`` are sliced with the channels of ``cmap`` (1 dim);
@@ -199,6 +202,8 @@ class FlowContext:
         p = pv.param_dim(operand_dim)
         if p is None:
             return
+        if zeroed and pv.derived:
+            raise Unsupported(f"a function of {pv.target} where masking it must give zero")
         owner, _, name = pv.target.rpartition(".")
         role = f"{name}:dim{p}"
         key = (owner, role)

@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import CONST, ZERO, ChannelMap
-from .common import factory_kwargs
+from .common import factory_kwargs, param_function
 from .registry import Rule, Unsupported, register
 
 ACTIVATION_MODULES = (
@@ -36,8 +36,8 @@ def maps_zero_to_zero(fn, like: torch.Tensor, *rest, **kwargs) -> bool:
 class PointwiseRule(Rule):
     def flow(self, ctx):
         cmap = ctx.arg_map(0, "input")
-        if not isinstance(cmap, ChannelMap):  # of a parameter (x * self.gate.sigmoid()): a new tensor,
-            return None                       # not a view of the parameter that could be sliced with it
+        if not isinstance(cmap, ChannelMap):  # of a parameter (x * self.gate.sigmoid()): a function of it
+            return param_function(ctx)
         zero = ZERO if self.f0_is_zero(ctx) else CONST
         return cmap.map_carry(zero, CONST)
 

@@ -130,7 +130,12 @@ class SDPARule(Rule):
         ctx.union_ids(reps[0][0], reps[2][0])
         mask = ctx.arg(3, "attn_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() >= 3 and mask.shape[-3] > 1:
-            raise Unsupported("a per-head attention mask")
+            # a per-head mask (T5's relative position bias, a table with a column per head): its heads
+            # are the attention's heads, pruned with them; one computed from nothing tracked keeps them
+            mm = ctx.arg_map(3, "attn_mask")
+            if not isinstance(mm, ChannelMap) or mm.dims != (mask.dim() - 3,):
+                raise Unsupported("a per-head attention mask whose heads are not tracked channels")
+            ctx.union_ids(reps[0][0], mm.ids)
         v = maps[2]
         # softmax rows sum to 1: a constant v channel comes out as that constant (without dropout)
         const = CONST if ctx.arg(4, "dropout_p", 0.0) == 0 else VARY

@@ -8,6 +8,7 @@ import operator
 import torch
 
 from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
+from .common import param_function
 from .registry import Rule, Unsupported, register
 
 ADD = (operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub,
@@ -50,7 +51,7 @@ class BinaryRule(Rule):
             return ma.with_carry(carry.to(torch.int8))
         cmap, other, first = (ma, b, True) if ma is not None else (mb, a, False)
         if cmap is None:
-            return None
+            return param_function(ctx)   # 1 + w: a function of a parameter
         pv = pb if first else pa
         if pv is not None:
             return _with_param(ctx, cmap, pv, other, kind, first)
@@ -91,7 +92,7 @@ def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind:
     for d in spans:
         if pv.param_dim(d - offset) is None:
             raise Unsupported(f"{pv.target}, gathered by an index, spans the channel dim")
-        ctx.param_member(pv, d - offset, cmap, zeroed=(kind == "add"))
+        ctx.param_member(pv, d - offset, cmap, zeroed=(kind == "add" and not pv.derived))
     if not spans:  # broadcast along the channels: the same constant for every channel
         const = CONST if per_channel else VARY
         if kind == "add":
@@ -99,7 +100,7 @@ def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind:
         return cmap.map_carry(ZERO, const) if first or kind == "mul" else cmap.map_carry(VARY, VARY)
     const = CONST if per_channel else VARY
     if kind == "add":
-        if ctx.prune_bias:  # the parameter's entries of pruned channels are masked too
+        if ctx.prune_bias and not pv.derived:  # the parameter's entries of pruned channels are masked too
             return cmap.map_carry(ZERO, const)
         return cmap.map_carry(const, const)
     if kind == "mul" or first:

@@ -231,9 +231,10 @@ def _module_tensors(gm) -> set[int]:
     return out
 
 
-def _sole_user(ctx, fqns: list[str]) -> None:
+def _sole_user(ctx, fqns: list[str], input_at: int = 0) -> None:
     """The tensors ``fqns`` may be sliced only if every reader agrees on how: each get_attr of them feeds
-    this op only, called with the same arguments (the input apart), and no module holds them."""
+    this op only, called with the same arguments (the input, argument ``input_at``, apart), and no
+    module holds them."""
     gm = ctx.flow.module
     node = ctx.node
     held = _HELD.get(ctx.flow)
@@ -242,14 +243,42 @@ def _sole_user(ctx, fqns: list[str]) -> None:
     for fqn in fqns:
         if id(attr(gm, fqn)) in held:
             raise Unsupported(f"{fqn} is also used by a module the graph calls")
+        tied = _tied(gm, fqn)
         for n in gm.graph.nodes:
             if n.op != "get_attr" or n.target != fqn:
                 continue
             for u in n.users:
-                same = (u.op == node.op and u.target == node.target and u.args[1:] == node.args[1:]
-                        and u.kwargs == node.kwargs and u.args[:1] != (n,))
+                if tied and u.target is not node.target:  # the other side of tied embeddings
+                    continue
+                rest = lambda a: a[:input_at] + a[input_at + 1:]
+                same = (u.op == node.op and u.target == node.target and rest(u.args) == rest(node.args)
+                        and u.kwargs == node.kwargs and u.args[input_at:input_at + 1] != (n,))
                 if not same:
                     raise Unsupported(f"{fqn} is also read by {u.name}")
+
+
+_TIED = (torch.nn.functional.embedding, torch.nn.functional.linear)
+
+
+def _tied(gm, fqn: str) -> bool:
+    """Is ``fqn`` an embedding table that is also a linear layer's weight (tied input and output
+    embeddings, GPT-2's ``lm_head``), and read nowhere else? Both read its columns: the hidden channels."""
+    users = [u for n in gm.graph.nodes if n.op == "get_attr" and n.target == fqn for u in n.users]
+    if not all(u.target in _TIED and getattr(_arg_node(u, 1, "weight"), "target", None) == fqn for u in users):
+        return False
+    linear_bias = [u for u in users if u.target is _TIED[1] and _arg_node(u, 2, "bias") is not None]
+    return {u.target for u in users} == set(_TIED) and not linear_bias
+
+
+def _tie(ctx, fqn: str) -> None:
+    """Couple the columns of a tied table (see _tied) as the embedding makes them (``"<fqn>:out"``) and
+    as the linear reads them (``"<fqn>:in"``): one slice serves both. Read untracked, they all stay."""
+    flow = ctx.flow
+    made, read = flow.sites.get(("", f"{fqn}:out")), flow.sites.get(("", f"{fqn}:in"))
+    if made is not None and ("", f"{fqn}:in") in flow.untracked_reads:
+        flow.pin(ctx.node, made.ids, f"{fqn} (tied embeddings) is read by a linear layer on untracked channels")
+    elif made is not None and read is not None:
+        ctx.union_ids(made.ids, read.ids)
 
 
 def _zero_rows(ctx, tensors: dict[str, int], n: int) -> torch.Tensor:
@@ -283,7 +312,7 @@ class GetAttrWeightRule(Rule):
     ``("", "<fqn>:in")`` (columns consumed). ``rewrite`` is called once with the GraphModule and every
     such role (of any of these ops), and slices each weight by the rule of the op that reads it."""
 
-    WEIGHT, BIAS = (1, "weight"), (2, "bias")
+    WEIGHT, BIAS, INPUT = (1, "weight"), (2, "bias"), 0
 
     def weights(self, ctx):
         """(weight fqn, bias fqn or None), or None when the weight is no get_attr tensor."""
@@ -295,7 +324,7 @@ class GetAttrWeightRule(Rule):
             b = _get_attr_target(ctx.node, *self.BIAS)
             if b is None:
                 raise Unsupported("a bias that is not a get_attr tensor")
-        _sole_user(ctx, [w] + ([b] if b else []))
+        _sole_user(ctx, [w] + ([b] if b else []), self.INPUT)
         ctx.site_owner = ""  # the sites belong to the GraphModule, named by the tensors' fqns
         return w, b
 
@@ -306,6 +335,7 @@ class GetAttrWeightRule(Rule):
             by_fqn.setdefault(fqn, {})[side] = k
         for fqn, k in by_fqn.items():
             users = [u for n in root.graph.nodes if n.op == "get_attr" and n.target == fqn for u in n.users]
+            users.sort(key=lambda u: u.target is not _TIED[0])   # tied embeddings: sliced as the table
             rule = call_rule(users[0].target)
             rule.rewrite_weight(root, users, fqn, attr(root, fqn).detach(), k.get("out"), k.get("in"),
                                 fold.get(f"{fqn}:in"))
@@ -366,6 +396,12 @@ class FunctionalLinearRule(GetAttrWeightRule):
                 raise Unsupported("a weight that is not a 2-d get_attr tensor")
             return None
         w, b = names
+        if _tied(ctx.flow.module, w):
+            # the output embedding of tied embeddings: the hidden channels are its columns, sliced with
+            # the table's; its rows (the vocabulary, the table's rows) stay
+            ctx.consume(f"{w}:in", x, dim=-1, fold=False)
+            _tie(ctx, w)
+            return None
         ctx.consume(f"{w}:in", x, dim=-1, fold=True)
         ids = ctx.produce(f"{w}:out", W.shape[0], {w: 1}, {b: 1} if b else {})
         default = ZERO if (b is None or ctx.prune_bias) else CONST
@@ -381,6 +417,34 @@ class FunctionalLinearRule(GetAttrWeightRule):
             bias = add_folded(bias, w[:, ~keep_in], fold_in[~keep_in])
         _set_tensor(root, fqn, w[keep_out][:, keep_in])
         self._write_bias(root, nodes, fqn, None if bias is None else bias[keep_out], b_fqn)
+
+
+@register(torch.addmm)
+class AddmmRule(FunctionalLinearRule):
+    """torch.addmm(b, x, w) = b + x @ w with get_attr w of shape (in, out) and b (GPT-2's Conv1D): F.linear
+    with the weight transposed; rows of w are consumed, its columns (and b) produced."""
+
+    WEIGHT, BIAS, INPUT = (2, "mat2"), (0, "input"), 1
+
+    def flow(self, ctx):
+        x = _channels(ctx.arg_map(1, "mat1"))
+        W = ctx.arg(2, "mat2")
+        names = self.weights(ctx) if ctx.arg(3, "beta", 1) == 1 and ctx.arg(4, "alpha", 1) == 1 else None
+        if names is None or W.dim() != 2:
+            if isinstance(x, ChannelMap):
+                raise Unsupported("a weight that is not a 2-d get_attr tensor, or beta/alpha other than 1")
+            return None
+        w, b = names
+        ctx.consume(f"{w}:in", x, dim=-1, fold=True, arg=1)
+        ids = ctx.produce(f"{w}:out", W.shape[1], {w: 1}, {b: 1} if b else {}, axes={w: 1})
+        default = ZERO if (b is None or ctx.prune_bias) else CONST
+        carry = _carry_of(ctx, {w: 1, **({b: 0} if b else {})}, W.shape[1], default)
+        return ChannelMap.on_dim(-1, ctx.out.dim(), ids, carry)
+
+    def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
+        super().rewrite_weight(root, nodes, fqn, w.t(), keep_out, keep_in, fold_in)
+        holder, leaf = owner_of(root, fqn)
+        _set_tensor(root, fqn, getattr(holder, leaf).detach().t())
 
 
 def _conv_zero_padded(padding, kernel) -> bool:
@@ -487,8 +551,11 @@ class FunctionalEmbeddingRule(GetAttrWeightRule):
             return None
         w, _ = names
         ids = ctx.produce(f"{w}:out", W.shape[1], {w: 1}, axes={w: 1})
+        if _tied(ctx.flow.module, w):
+            _tie(ctx, w)
         return ChannelMap.on_dim(-1, ctx.out.dim(), ids, _carry_of(ctx, {w: 1}, W.shape[1], ZERO))
 
     def rewrite_weight(self, root, nodes, fqn, w, keep_out, keep_in, fold_in):
-        if keep_out is not None:
-            _set_tensor(root, fqn, w[:, keep_out])
+        keep = keep_out if keep_out is not None else keep_in   # tied: both are the table's columns
+        if keep is not None:
+            _set_tensor(root, fqn, w[:, keep])

@@ -17,6 +17,7 @@ import torch
 import torch.fx as fx
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
+from .common import param_function
 from .registry import Rule, Unsupported, register
 
 _UNARY = ("abs", "neg", "exp", "expm1", "exp2", "log", "log1p", "log2", "sqrt", "rsqrt", "square",
@@ -56,6 +57,9 @@ class PointwiseMathRule(Rule):
         if not isinstance(out, torch.Tensor):
             return None
         nd = out.dim()
+        derived = param_function(ctx)
+        if derived is not None:
+            return derived
         maps, untracked, probe = [], [], []
         for node_arg, value in _operands(ctx):
             cmap = ctx.map_of(node_arg) if isinstance(node_arg, fx.Node) else None

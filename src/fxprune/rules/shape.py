@@ -407,7 +407,7 @@ def _index_param(pv: ParamView, idx) -> ParamView | None:
             pos += 1
         else:
             return None  # a partial view of the parameter is not tracked
-    return ParamView(pv.target, tuple(dims) + pv.dims[pos:], pv.shape)
+    return ParamView(pv.target, tuple(dims) + pv.dims[pos:], pv.shape, pv.derived)
 
 
 @register(torch.roll, "roll", torch.flip, "flip", torch.cumsum, "cumsum", torch.cumprod, "cumprod")
@@ -491,7 +491,7 @@ class ExpandAsRule(Rule):
         if isinstance(src, ParamView):
             if target is not None:
                 raise Unsupported("a parameter takes the shape of a tensor with channels")
-            return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape)
+            return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape, src.derived)
         out = src.align_to(nd) if isinstance(src, ChannelMap) else None
         if target is not None:
             x = ctx.arg(0, "input")
@@ -515,7 +515,7 @@ class ExpandRule(Rule):
             return None
         nd = ctx.out.dim()
         if isinstance(src, ParamView):
-            return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape)
+            return ParamView(src.target, (None,) * (nd - src.ndim) + src.dims, src.shape, src.derived)
         return src.align_to(nd)
 
     def rewrite_node(self, node, ctx):
