@@ -51,6 +51,26 @@ def _vision(config, model, size=32, **extra):
     return config, model, extra, build
 
 
+def _text_image(config, model, **extra):
+    def build(seed=0, batch=2, seq=16):
+        return {"input_ids": _ids(batch, seq, seed=seed), "pixel_values": _pixels(batch, 32, seed)}
+    return config, model, extra, build
+
+
+def _audio(config, model, **extra):
+    def build(seed=0, batch=2, seq=16):
+        return {"input_values": torch.randn(batch, 50 * seq, generator=torch.Generator().manual_seed(seed))}
+    return config, model, extra, build
+
+
+def _speech(config, model, **extra):
+    def build(seed=0, batch=2, seq=16):
+        g = torch.Generator().manual_seed(seed)
+        return {"input_features": torch.randn(batch, 16, 64, generator=g),
+                "decoder_input_ids": _ids(batch, seq // 2, seed=seed + 1)}
+    return config, model, extra, build
+
+
 #: name -> (config class, model class, config overrides, inputs(seed, batch, seq) -> kwargs)
 ARCHS = {
     "llama": _text("LlamaConfig", "LlamaForCausalLM", **GQA),
@@ -81,11 +101,52 @@ ARCHS = {
                       embedding_size=16, layer_type="bottleneck"),
 }
 
+#: more architectures for tools/sweep_hf.py (not in the test suite)
+MORE = {
+    "distilbert": _text("DistilBertConfig", "DistilBertModel", dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                        vocab_size=100, max_position_embeddings=64),
+    "roberta": _text("RobertaConfig", "RobertaForMaskedLM", **COMMON),
+    "electra": _text("ElectraConfig", "ElectraModel", **COMMON, embedding_size=32),
+    "deberta_v2": _text("DebertaV2Config", "DebertaV2Model", **COMMON, relative_attention=True,
+                        pos_att_type=["p2c", "c2p"], position_buckets=32),
+    "gpt_neox": _text("GPTNeoXConfig", "GPTNeoXForCausalLM", **COMMON),
+    "falcon": _text("FalconConfig", "FalconForCausalLM", hidden_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, vocab_size=100, multi_query=True, parallel_attn=True),
+    "qwen3": _text("Qwen3Config", "Qwen3ForCausalLM", **GQA, head_dim=16),
+    "gemma3": _text("Gemma3TextConfig", "Gemma3ForCausalLM", **GQA, head_dim=16, sliding_window=8),
+    "mixtral": ARCHS["mixtral"],
+    "opt": ARCHS["opt"],
+    "whisper": _speech("WhisperConfig", "WhisperModel", d_model=64, encoder_layers=2, decoder_layers=2,
+                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                       decoder_ffn_dim=128, vocab_size=100, num_mel_bins=16, max_source_positions=32,
+                       max_target_positions=64),
+    "deit": _vision("DeiTConfig", "DeiTModel", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                    intermediate_size=128, image_size=32, patch_size=8),
+    "dinov2": _vision("Dinov2Config", "Dinov2Model", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=32, patch_size=8),
+    "swin": _vision("SwinConfig", "SwinModel", embed_dim=32, depths=[2, 2], num_heads=[2, 4], window_size=2,
+                    image_size=32, patch_size=4),
+    "segformer": _vision("SegformerConfig", "SegformerModel", num_encoder_blocks=2, depths=[1, 1],
+                         hidden_sizes=[32, 64], num_attention_heads=[1, 2], sr_ratios=[2, 1],
+                         patch_sizes=[7, 3], strides=[4, 2]),
+    "mobilevit": _vision("MobileViTConfig", "MobileViTModel", hidden_sizes=[32, 48, 64], image_size=32),
+    "wav2vec2": _audio("Wav2Vec2Config", "Wav2Vec2Model", **COMMON, conv_dim=(32, 32), conv_stride=(5, 2),
+                       conv_kernel=(10, 3), num_feat_extract_layers=2, num_conv_pos_embeddings=16,
+                       num_conv_pos_embedding_groups=4),
+    "clip": _text_image("CLIPConfig", "CLIPModel",
+                        text_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=128, vocab_size=100, max_position_embeddings=64),
+                        vision_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           intermediate_size=128, image_size=32, patch_size=8),
+                        projection_dim=32),
+}
+ALL = {**ARCHS, **MORE}
+
 
 def build(name: str, seed: int = 0):
     """(model in eval mode, example kwargs) for architecture ``name`` of ARCHS."""
     tr = transformers()
-    config_cls, model_cls, overrides, inputs = ARCHS[name]
+    config_cls, model_cls, overrides, inputs = ALL[name]
     torch.manual_seed(seed)
     config = getattr(tr, config_cls)(**overrides)
     if hasattr(config, "use_cache"):
@@ -95,4 +156,4 @@ def build(name: str, seed: int = 0):
 
 
 def inputs(name: str, seed: int = 1, batch: int = 2, seq: int = 16):
-    return ARCHS[name][3](seed, batch, seq)
+    return ALL[name][3](seed, batch, seq)

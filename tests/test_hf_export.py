@@ -321,3 +321,51 @@ def test_capture_fails_both_ways():
     message = str(e.value)
     assert "_DataDependent cannot be captured" in message
     assert "torch.fx cannot trace" in message and "torch.export cannot export" in message
+
+
+# --- command line, reports -------------------------------------------------------------------------
+
+def test_cli_transformers_model_and_saved_programs(tmp_path, capsys):
+    """`fxprune prune transformers:Class --config ...` writes a .pt2; `fxprune prune x.pt2` prunes a
+    saved program again; both load and run at another size."""
+    from fxprune import cli
+    hf_models.transformers()   # imported the way this machine needs (see real_zoos.import_torchvision)
+    config = tmp_path / "config.json"
+    config.write_text('{"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "vocab_size": 100}')
+    first, second = tmp_path / "pruned.pt2", tmp_path / "again.pt2"
+    assert cli.main(["prune", "transformers:LlamaForCausalLM", "--config", str(config), "--config",
+                     "num_hidden_layers=1", "--config", "num_key_value_heads=2", "--input-shape", "2,16:long:100",
+                     "-o", str(first), "--no-latency"]) == 0
+    out = capsys.readouterr().out
+    assert "captured with: torch.export" in out and f"saved the pruned model to {first}" in out
+    assert cli.main(["prune", str(first), "-o", str(second), "--no-latency"]) == 0
+    assert "captured with: exported program" in capsys.readouterr().out
+    ids = torch.randint(0, 100, (3, 9))
+    sizes = []
+    for path in (first, second):
+        program = torch.export.load(path)
+        assert program.module()(ids).logits.shape == (3, 9, 100)   # positional, as --input-shape gave it
+        sizes.append(sum(v.numel() for v in program.state_dict.values()))
+    assert sizes[1] < sizes[0]
+    assert cli.main(["prune", "transformers:NoSuchModel", "--input-shape", "2,16:long:100"]) == 1
+    assert "transformers has no model class 'NoSuchModel'" in capsys.readouterr().err
+
+
+class _NoRule(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, x):
+        return torch.special.xlogy(x, 2.0) @ self.w     # a weight no rule makes channels with
+
+
+def test_nothing_pruned_says_why():
+    x = torch.rand(2, 8)
+    report = fxprune.prune(_NoRule(), (x,), sparsity=0.5).meta["fxprune"]
+    assert report.notes[-1].startswith("nothing pruned: no op with a rule makes channels")
+    assert report.notes[-1] in str(report)
+    program = fxprune.prune(torch.export.export(_NoRule(), (x,)), sparsity=0.5)
+    assert program.graph_module.meta["fxprune"].notes[-1].startswith("nothing pruned: no op with a rule")
+    report = fxprune.prune(nn.Sequential(nn.Linear(4, 4)), (torch.rand(2, 4),), sparsity=0.5).meta["fxprune"]
+    assert report.notes[-1] == "nothing pruned: 1 of 1 groups cannot be pruned, most because graph output"

@@ -45,7 +45,7 @@ LAYERS = [
 ]
 
 # imports allowed inside functions: optional dependencies only
-OPTIONAL = {"matplotlib", "matplotlib.pyplot"}
+OPTIONAL = {"matplotlib", "matplotlib.pyplot", "transformers"}
 
 
 def _modules() -> dict[str, str]:

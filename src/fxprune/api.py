@@ -18,12 +18,12 @@ import torch.fx as fx
 from torch.fx.passes.infra.pass_base import PassResult
 
 from .analysis import analyze
+from .capture import META, reexport, restore_call
 from .dump import STAGES, check_stages, stage_texts, write_stages
 from .graph import normalize_inputs
 from .masked import build_masked, write_masks
 from .masks import Selection, make_plan, units_from_masks, units_from_sparsity
 from .measure import time_pair
-from .capture import META, reexport, restore_call
 from .pipeline import State, capture_model, captured_inputs, finish, prepare, run
 
 

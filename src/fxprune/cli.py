@@ -4,12 +4,19 @@
     fxprune prune MODEL --input-shape 1,3,224,224 --sparsity 0.5 [--criterion l1|l2|fpgm] [--global]
                   [--round-to 8] [--ignore NAME ...] -o pruned.pt [--dump-dir DIR] [--json]
                   [--latency-runs N | --no-latency]
+    fxprune prune program.pt2 -o pruned.pt2
+    fxprune prune transformers:LlamaForCausalLM --config config.json --config num_hidden_layers=2 \
+                  --input-shape 1,16:long:32000 -o pruned.pt2
     fxprune demo [--dump-dir DIR]
 
-MODEL is ``path/to/file.py:factory`` or ``package.module:factory``; the factory is called with no
-arguments and returns an ``nn.Module``. Errors are one line, ``fxprune: error: ...``: exit code 2 for
-a malformed command line (MODEL without ``:factory``, a bad ``--input-shape``), 1 when the model
-cannot be loaded, built, traced or run on the inputs.
+MODEL is ``path/to/file.py:factory`` or ``package.module:factory`` (the factory is called with no
+arguments and returns an ``nn.Module``), a saved ``ExportedProgram`` (``.pt2``; its example inputs
+are used unless ``--input-shape`` is given), or ``transformers:ModelClass``, built with random weights
+from its config (``--config`` a JSON file and/or ``key=value`` overrides). ``-o x.pt2`` saves an
+ExportedProgram (``torch.export.load``), any other name a GraphModule (``fxprune.load``). Steps that
+take more than two seconds print a progress line on stderr. Errors are one line,
+``fxprune: error: ...``: exit code 2 for a malformed command line (MODEL without ``:factory``, a bad
+``--input-shape``), 1 when the model cannot be loaded, built, traced or run on the inputs.
 """
 from __future__ import annotations
 
@@ -19,14 +26,17 @@ import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
 from . import api, saving
 from .analysis import analyze
+from .capture.export import export_program
 from .dump import plot_widths, stage_texts, write_stages
 from .examples import demo_models
 
@@ -46,8 +56,21 @@ class _Parser(argparse.ArgumentParser):
 
 # -- MODEL and inputs ------------------------------------------------------------------------------
 
-def load_model(spec: str):
-    """``path/to/file.py:factory`` or ``package.module:factory`` -> the module the factory returns."""
+def load_model(spec: str, config=()):
+    """``path/to/file.py:factory`` or ``package.module:factory`` -> the module the factory returns; a
+    ``.pt2`` file -> its ExportedProgram; ``transformers:ModelClass`` -> that model built from its
+    config (``config``: JSON files and ``key=value`` overrides)."""
+    if spec.endswith(".pt2"):
+        if not os.path.isfile(spec):
+            raise ModelError(f"program file not found: {spec}")
+        try:
+            return torch.export.load(spec)
+        except Exception as e:
+            raise ModelError(f"loading {spec} failed: {type(e).__name__}: {_one_line(e)}") from e
+    if spec.startswith("transformers:"):
+        return _transformers_model(spec.partition(":")[2], config)
+    if config:
+        raise UsageError("--config is for MODEL transformers:ModelClass")
     where, sep, attr = spec.rpartition(":")
     if not sep or not where or not attr:
         raise UsageError(f"MODEL must be path/to/file.py:factory or package.module:factory, got {spec!r}")
@@ -89,6 +112,63 @@ def load_model(spec: str):
         article = "an" if kind[:1].lower() in "aeiou" else "a"
         raise ModelError(f"{where}:{attr}() returned {article} {kind} ({_one_line(model)[:40]}), not an nn.Module")
     return model
+
+
+def _config_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _transformers_model(name: str, config) -> nn.Module:
+    """A Hugging Face model class built from its config class with random weights (no download)."""
+    try:
+        import transformers   # optional: only for MODEL transformers:ModelClass
+    except Exception as e:
+        raise ModelError(f"transformers:{name} needs the transformers package: {_one_line(e)}") from e
+    cls = getattr(transformers, name, None)
+    if cls is None or not hasattr(cls, "config_class"):
+        raise ModelError(f"transformers has no model class {name!r} (e.g. LlamaForCausalLM, BertModel)")
+    values: dict = {}
+    for item in config:
+        if "=" in item:
+            key, _, value = item.partition("=")
+            values[key.strip()] = _config_value(value.strip())
+        else:
+            try:
+                with open(item) as f:
+                    values.update(json.load(f))
+            except (OSError, ValueError) as e:
+                raise ModelError(f"--config {item}: {_one_line(e)}") from e
+    try:
+        cfg = cls.config_class(**values)
+        if hasattr(cfg, "use_cache"):
+            cfg.use_cache = False      # no key/value cache in the captured graph
+        return cls(cfg).eval()
+    except Exception as e:
+        raise ModelError(f"building {name} from its config failed: {type(e).__name__}: {_one_line(e)}") from e
+
+
+@contextmanager
+def progress(what: str, after: float = 2.0):
+    """A line on stderr when ``what`` takes more than ``after`` seconds: its start, then its time."""
+    start = time.perf_counter()
+    shown = threading.Event()
+
+    def announce():
+        shown.set()
+        print(f"fxprune: {what} ...", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(after, announce)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        if shown.is_set():
+            print(f"fxprune: {what}: {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 _DTYPES = {"float": "float32", "float32": "float32", "float64": "float64", "double": "float64",
@@ -144,17 +224,20 @@ def _one_line(e: BaseException) -> str:
 # -- commands --------------------------------------------------------------------------------------
 
 def _model_and_inputs(args):
+    """The model and its example inputs (None for a program: its own example inputs)."""
     shapes = [parse_input_shape(s) for s in (args.input_shape or [])]
-    if not shapes:
+    if not shapes and not args.model.endswith(".pt2"):
         raise UsageError("give the model's input shape(s) with --input-shape, e.g. --input-shape 1,3,224,224")
-    model = load_model(args.model)
-    return model, make_inputs(shapes, args.seed)
+    with progress(f"loading {args.model}"):
+        model = load_model(args.model, args.config or ())
+    return model, make_inputs(shapes, args.seed) if shapes else None
 
 
 def _analyze(model, inputs):
     try:
-        gm, _ = api.capture_model(model)
-        return gm, analyze(gm, inputs)
+        with progress("capturing and analysing"):
+            gm, _ = api.capture_model(model, inputs)
+            return gm, analyze(gm, api.captured_inputs(gm))
     except Exception as e:
         raise ModelError(_one_line(e)) from e
 
@@ -200,20 +283,29 @@ def _prune(args) -> int:
     if args.latency_runs < 1:
         raise UsageError(f"--latency-runs must be a positive integer, got {args.latency_runs}")
     model, inputs = _model_and_inputs(args)
+    program = isinstance(model, torch.export.ExportedProgram)
     try:
-        pruned = api.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion,
+        with progress("pruning"):
+            pruned = api.prune(model, inputs, sparsity=args.sparsity, criterion=args.criterion,
                                global_ranking=args.global_ranking, round_to=args.round_to,
                                ignore=tuple(args.ignore or ()), dump_dir=args.dump_dir)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ModelError(_one_line(e)) from e
-    report = pruned.meta["fxprune"]
+    report = (pruned.graph_module if program else pruned).meta["fxprune"]
     if not args.no_latency:  # forward passes of both models: measured here, not by prune()
+        if inputs is None:
+            inputs, kwargs = model.example_inputs
+            if kwargs:
+                raise UsageError("the program takes keyword inputs: time it yourself or pass --no-latency")
         try:
-            api.measure_latency(model, pruned, inputs, runs=args.latency_runs)
+            with progress("timing the models"):
+                report.measure_latency(model.module() if program else model,
+                                       pruned.module() if program else pruned, inputs, runs=args.latency_runs)
         except Exception as e:
             raise ModelError(f"timing the models failed: {_one_line(e)}") from e
     if args.output:
-        saving.save(pruned, args.output)
+        with progress(f"saving {args.output}"):
+            _save(pruned, args.output, inputs)
     if args.json:
         d = report.to_dict()
         d["output"] = args.output
@@ -222,10 +314,27 @@ def _prune(args) -> int:
     else:
         print(report)
         if args.output:
-            print(f"\nsaved the pruned model to {args.output} (load it with fxprune.load)")
+            how = "torch.export.load" if args.output.endswith(".pt2") else "fxprune.load"
+            print(f"\nsaved the pruned model to {args.output} (load it with {how})")
         if args.dump_dir:
             print(f"dumps in {args.dump_dir}")
     return 0
+
+
+def _save(pruned, path: str, inputs) -> None:
+    """``.pt2``: an ExportedProgram (a pruned GraphModule is exported on the example inputs first);
+    anything else: fxprune.save of the GraphModule."""
+    if path.endswith(".pt2"):
+        if not isinstance(pruned, torch.export.ExportedProgram):
+            try:   # every dim that the graph allows stays dynamic
+                pruned = export_program(pruned, tuple(inputs), None)
+            except Exception as e:
+                raise ModelError(f"exporting the pruned model for {path} failed: {_one_line(e)}") from e
+        torch.export.save(pruned, path)
+    elif isinstance(pruned, torch.export.ExportedProgram):
+        raise UsageError(f"the pruned model is an ExportedProgram: save it as .pt2, not {path}")
+    else:
+        saving.save(pruned, path)
 
 
 def _json_default(o):
@@ -254,7 +363,10 @@ def _demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fxprune", description="Exact structured pruning as a torch.fx pass")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    model_help = "path/to/file.py:factory or package.module:factory (called with no arguments, returns an nn.Module)"
+    model_help = ("path/to/file.py:factory or package.module:factory (called with no arguments, returns an "
+                  "nn.Module), a saved ExportedProgram (.pt2), or transformers:ModelClass (see --config)")
+    config_help = ("for MODEL transformers:ModelClass: a config JSON file or key=value (JSON values), repeatable; "
+                   "the model is built from its config with random weights")
     shape_help = ("an input's shape, repeated for several inputs: 1,3,224,224 (float32), 2,8:long:96 "
                   "(int64 in [0, 96), e.g. token ids)")
 
@@ -263,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--input-shape", action="append", metavar="SHAPE", help=shape_help)
     ins.add_argument("--dump-dir", metavar="DIR", help="write captured/groups .dot (and .svg/.png with Graphviz) here")
     ins.add_argument("--seed", type=int, default=0, help="seed of the random example inputs")
+    ins.add_argument("--config", action="append", metavar="FILE|KEY=VALUE", help=config_help)
     ins.set_defaults(func=_inspect)
 
     pr = sub.add_parser("prune", help="prune a model, print the report and save the pruned GraphModule")
@@ -274,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=1, metavar="N", help="kept widths are multiples of N")
     pr.add_argument("--ignore", nargs="+", action="extend", metavar="NAME",
                     help="module names or prefixes whose output channels are never pruned")
-    pr.add_argument("-o", "--output", metavar="PATH", help="save the pruned model here (load with fxprune.load)")
+    pr.add_argument("--config", action="append", metavar="FILE|KEY=VALUE", help=config_help)
+    pr.add_argument("-o", "--output", metavar="PATH",
+                    help="save the pruned model here: PATH.pt2 an ExportedProgram (torch.export.load), "
+                         "else a GraphModule (fxprune.load)")
     pr.add_argument("--dump-dir", metavar="DIR", help="write captured/groups/pruned dumps here")
     pr.add_argument("--json", action="store_true", help="print the report as JSON (report.to_dict())")
     pr.add_argument("--latency-runs", type=int, default=10, metavar="N",

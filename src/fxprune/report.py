@@ -1,6 +1,7 @@
 """Report: what the pass found and did, as a table (``str(report)``) or a dict (``report.to_dict()``)."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -128,6 +129,22 @@ def model_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
+def nothing_pruned(groups: list[GroupReport], barriers: list[tuple[str, str]]) -> str:
+    """One line: why no channel was removed."""
+    if not groups:
+        unknown = Counter(why.removeprefix("no rule for ") for _, why in barriers if why.startswith("no rule for "))
+        ops = ", ".join(f"{op} x{n}" for op, n in unknown.most_common(5))
+        return ("nothing pruned: no op with a rule makes channels" + (f" (ops without rules: {ops})" if ops else
+                " (no linear, conv, embedding or other op with parameters fxprune knows)"))
+    if all(g.status == "unchanged" for g in groups):
+        return "nothing pruned: no channel was selected (sparsity 0, or masks that keep everything)"
+    reasons = Counter(g.reason for g in groups if g.status == "unprunable" and g.reason)
+    if not reasons:
+        return "nothing pruned: the selected channels had to stay (see the groups' reasons)"
+    why, n = reasons.most_common(1)[0]
+    return f"nothing pruned: {n} of {len(groups)} groups cannot be pruned, most because {why}"
+
+
 def build_report(plan, keeps, prune_bias: bool) -> Report:
     analysis = plan.analysis
     consumers_of: dict[int, set[str]] = {}
@@ -159,5 +176,7 @@ def build_report(plan, keeps, prune_bias: bool) -> Report:
                  for u in analysis.uses if u.site is not None)
     if folded:
         notes.append(f"constants of removed channels folded into the bias of {folded} consumer(s)")
+    if not any(g.status == "pruned" for g in groups):
+        notes.append(nothing_pruned(groups, barriers))
     return Report(groups, plan.tensor_masks(), barriers, out_names, prune_bias=prune_bias, notes=notes,
                   output_keeps=keeps)

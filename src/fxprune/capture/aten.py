@@ -46,6 +46,7 @@ _SAME_ARGS = {
     aten.adaptive_avg_pool3d.default: F.adaptive_avg_pool3d,
     aten.avg_pool1d.default: F.avg_pool1d, aten.avg_pool2d.default: F.avg_pool2d, aten.avg_pool3d.default: F.avg_pool3d,
     aten.max_pool1d.default: F.max_pool1d, aten.max_pool2d.default: F.max_pool2d, aten.max_pool3d.default: F.max_pool3d,
+    aten.pad.default: F.pad,
     aten.pixel_shuffle.default: F.pixel_shuffle, aten.pixel_unshuffle.default: F.pixel_unshuffle,
     aten.channel_shuffle.default: F.channel_shuffle,
 }
@@ -169,6 +170,14 @@ def _addmm(n):        # addmm(b, x, W.t()) is F.linear(x, W, b); addmm(b, x, W) 
     return F.linear, (n.args[1], w, n.args[0]), {}
 
 
+def _inplace(fn):     # aten.hardswish_(x, ...): F.hardswish(x, ..., inplace=True), the same in-place op
+    return lambda n: (fn, n.args, {**n.kwargs, "inplace": True})
+
+
+def _constant_pad(n):  # constant_pad_nd(x, pad, value)
+    return F.pad, (n.args[0], _arg(n, 1, "pad"), "constant", _arg(n, 2, "value", 0)), {}
+
+
 def _sym_size(n):
     return "size", (n.args[0], n.args[1]), {}
 
@@ -183,7 +192,10 @@ _ADAPTED = {
     aten.slice.Tensor: _slice, aten.select.int: _select, aten.index.Tensor: _index,
     aten.to.dtype_layout: _to, aten.numpy_T.default: _numpy_t,
     aten.sym_size.int: _sym_size, aten.type_as.default: _type_as,
-    aten.mm.default: _mm, aten.addmm.default: _addmm,
+    aten.mm.default: _mm, aten.addmm.default: _addmm, aten.constant_pad_nd.default: _constant_pad,
+    aten.hardswish_.default: _inplace(F.hardswish), aten.hardsigmoid_.default: _inplace(F.hardsigmoid),
+    aten.silu_.default: _inplace(F.silu), aten.hardtanh_.default: _inplace(F.hardtanh),
+    aten.leaky_relu_.default: _inplace(F.leaky_relu),
 }
 
 
@@ -233,8 +245,13 @@ def _native_batch_norm(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
+#: higher-order ops whose body is inlined -> the argument that is the body
+_BODY_AT = {"wrap_with_set_grad_enabled": 1, "wrap": 0, "wrap_with_autocast": 4}
+
+
 def inline_higher_order(gm: fx.GraphModule) -> fx.GraphModule:
-    """Inline the body of every ``wrap_with_set_grad_enabled`` (and ``wrap``) call into ``gm``'s graph.
+    """Inline the body of every ``wrap_with_set_grad_enabled``, ``wrap`` and ``wrap_with_autocast``
+    (with autocast off) call into ``gm``'s graph.
 
     The values are those of the body; the grad mode it set is not kept (the pruned graph computes the
     same values). Example::
@@ -244,9 +261,11 @@ def inline_higher_order(gm: fx.GraphModule) -> fx.GraphModule:
     graph = gm.graph
     for node in list(graph.nodes):
         name = getattr(node.target, "__name__", "")
-        if node.op != "call_function" or name not in ("wrap_with_set_grad_enabled", "wrap"):
+        if node.op != "call_function" or name not in _BODY_AT:
             continue
-        body_at = 1 if name == "wrap_with_set_grad_enabled" else 0
+        if name == "wrap_with_autocast" and node.args[2]:   # autocast on changes the body's dtypes: kept
+            continue
+        body_at = _BODY_AT[name]
         body_node, inputs = node.args[body_at], node.args[body_at + 1:]
         body = gm.get_submodule(body_node.target)
         prefix = body_node.target + "."

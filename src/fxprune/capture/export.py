@@ -9,6 +9,10 @@ back on the result (:func:`restore_call`). :func:`reexport` turns the pruned gra
 """
 from __future__ import annotations
 
+import io
+import logging
+from contextlib import contextmanager, redirect_stderr
+
 import torch
 import torch.fx as fx
 from torch.export import Dim, ShapesCollection
@@ -17,6 +21,22 @@ from torch.utils import _pytree as pytree
 from ..graph import private_copy
 from .aten import lower_aten
 from .common import CaptureError, user_frame
+
+
+@contextmanager
+def _quiet_torch_logs():
+    """torch.export logs its guards as warnings and prints the graph of a failed attempt to stderr;
+    the CaptureError we raise says what failed, in one line."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith("torch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> torch.export.ExportedProgram:
@@ -29,8 +49,9 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> 
         if isinstance(t, torch.Tensor):
             shapes[t] = {d: Dim.AUTO for d in range(t.dim())}
     try:
-        return torch.export.export(model, args, kwargs, strict=False,
-                                   dynamic_shapes=shapes.dynamic_shapes(model, args, kwargs))
+        with _quiet_torch_logs():
+            return torch.export.export(model, args, kwargs, strict=False,
+                                       dynamic_shapes=shapes.dynamic_shapes(model, args, kwargs))
     except Exception as e:  # export runs user code: any error is the user's to see
         raise CaptureError(f"torch.export cannot export {type(model).__name__}: {type(e).__name__}: "
                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{user_frame(e)}") from e
@@ -93,9 +114,8 @@ def dynamic_shapes_of(ep: torch.export.ExportedProgram, args: tuple, kwargs: dic
                 if expr.is_Symbol:
                     if expr not in dims:
                         r = ep.range_constraints.get(expr)
-                        lo = max(int(r.lower), 0) if r is not None else 0
-                        hi = int(r.upper) if r is not None and r.upper.is_finite else None
-                        dims[expr] = Dim(str(expr), min=lo, max=hi) if hi is not None else Dim(str(expr), min=lo)
+                        lo, hi = (_bound(r.lower), _bound(r.upper)) if r is not None else (None, None)
+                        dims[expr] = Dim(str(expr), min=max(lo or 0, 0), **({"max": hi} if hi is not None else {}))
                     spec[d] = dims[expr]
                 else:
                     spec[d] = Dim.AUTO
@@ -103,6 +123,14 @@ def dynamic_shapes_of(ep: torch.export.ExportedProgram, args: tuple, kwargs: dic
             shapes[t] = spec
             found = True
     return shapes if found else None
+
+
+def _bound(value) -> int | None:
+    """A range bound as an int, None when infinite."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
 
 
 def reexport(gm: fx.GraphModule, ep: torch.export.ExportedProgram, args: tuple, kwargs: dict

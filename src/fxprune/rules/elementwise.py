@@ -40,6 +40,8 @@ class BinaryRule(Rule):
         ma = ma.align_to(nd) if ma is not None else None
         mb = mb.align_to(nd) if mb is not None else None
         if ma is not None and mb is not None:
+            if ma.dims != mb.dims:   # a per-head value (Qwen3's q_norm scale) against the head's channels
+                ma, mb = _broadcast_heads(ctx, ma, mb, a, b, nd)
             ctx.couple([ma, mb], "operands")
             ca, cb = ma.carry, mb.carry
             if kind == "add":
@@ -81,6 +83,23 @@ class BinaryRule(Rule):
         if kind == "mul":
             return cmap.map_carry(ZERO, VARY)
         return cmap.map_carry(ZERO, VARY) if first else cmap.map_carry(VARY, VARY)
+
+
+def _broadcast_heads(ctx, ma: ChannelMap, mb: ChannelMap, a, b, nd: int):
+    """Operands whose channel dims differ, one holding size 1 on the dims it lacks (``x * s`` with x
+    on (heads, head_dim) and s on (heads,), broadcast over head_dim): the channels along those dims are
+    pruned together, so each of the smaller operand's channels meets whole slices. Returns the two maps
+    on the same dims (the smaller one broadcast)."""
+    for big, small, t in ((ma, mb, b), (mb, ma, a)):
+        missing = [d for d in big.dims if d not in small.dims]
+        shape = [1] * (nd - t.dim()) + list(t.shape)
+        if set(small.dims) < set(big.dims) and all(shape[d] == 1 for d in missing):
+            reps = ctx.union_across(big, missing)   # big's ids with the missing dims dropped
+            ctx.union_ids(reps, small.ids)
+            view = [big.ids.shape[i] if d in small.dims else 1 for i, d in enumerate(big.dims)]
+            wide = ChannelMap(big.dims, big.ids, small.carry.reshape(view).expand(big.ids.shape), big.ndim)
+            return (big, wide) if big is ma else (wide, big)
+    raise Unsupported("operands hold channels on different dims")
 
 
 def _with_param(ctx, cmap: ChannelMap, pv: ParamView, value: torch.Tensor, kind: str, first: bool):

@@ -262,12 +262,12 @@ _TIED = (torch.nn.functional.embedding, torch.nn.functional.linear)
 
 def _tied(gm, fqn: str) -> bool:
     """Is ``fqn`` an embedding table that is also a linear layer's weight (tied input and output
-    embeddings, GPT-2's ``lm_head``), and read nowhere else? Both read its columns: the hidden channels."""
+    embeddings, GPT-2's ``lm_head``), and read nowhere else? Both read its columns: the hidden channels;
+    the linear layer's bias (RoBERTa's) is per vocabulary row, which stays."""
     users = [u for n in gm.graph.nodes if n.op == "get_attr" and n.target == fqn for u in n.users]
     if not all(u.target in _TIED and getattr(_arg_node(u, 1, "weight"), "target", None) == fqn for u in users):
         return False
-    linear_bias = [u for u in users if u.target is _TIED[1] and _arg_node(u, 2, "bias") is not None]
-    return {u.target for u in users} == set(_TIED) and not linear_bias
+    return {u.target for u in users} == set(_TIED)
 
 
 def _tie(ctx, fqn: str) -> None:
