@@ -31,12 +31,7 @@ ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2", "bloom", "bert",
 SIZES = [(3, 12), (1, 20)]      # (batch, sequence length) other than the example's (2, 16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # real models: one thread each, steadier on CI
 
 
 def _dynamic_shapes(kwargs: dict) -> dict:
@@ -369,3 +364,13 @@ def test_nothing_pruned_says_why():
     assert program.graph_module.meta["fxprune"].notes[-1].startswith("nothing pruned: no op with a rule")
     report = fxprune.prune(nn.Sequential(nn.Linear(4, 4)), (torch.rand(2, 4),), sparsity=0.5).meta["fxprune"]
     assert report.notes[-1] == "nothing pruned: 1 of 1 groups cannot be pruned, most because graph output"
+
+
+def test_dump_and_find_patterns_of_programs_and_models(tmp_path):
+    model, kwargs, ep = _case("bert")
+    files = fxprune.dump(ep, None, tmp_path, sparsity=0.5, formats=())
+    assert sorted(files) == ["captured", "groups", "pruned"]
+    assert "scaled_dot_product_attention" in (tmp_path / "groups.dot").read_text()
+    groups = fxprune.find_patterns(model, example_kwargs=kwargs)
+    mlp = [g for g in groups if g["pattern"] == "linear-gelu-linear"]
+    assert len(mlp) == 2 and all(g["width"] == 128 and g["prunable"] == 128 for g in mlp)

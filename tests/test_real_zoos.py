@@ -78,12 +78,7 @@ def _check(model, inputs, prune_bias):
     return report
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # real models: one thread each, steadier on CI
 
 
 @pytest.mark.parametrize("source, name, side, kwargs", REGRESSIONS, ids=[c[1] for c in REGRESSIONS])

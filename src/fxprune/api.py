@@ -227,7 +227,7 @@ def find_patterns(model, example_inputs=None, prune_bias: bool = True, prune_out
 
 
 def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=None, collapse=True,
-         formats=("svg", "png"), expand=(), **prune_kwargs) -> dict[str, list[str]]:
+         formats=("svg", "png"), expand=(), example_kwargs: dict | None = None, **prune_kwargs) -> dict[str, list[str]]:
     """Write ``captured.dot``, ``groups.dot`` and ``pruned.dot`` to ``out_dir`` (and ``.svg`` and
     ``.png`` of each when the Graphviz ``dot`` binary is found; otherwise one warning says how to
     install it). The model is not modified.
@@ -246,13 +246,15 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
     Returns ``{stage: [files written]}``.
     """
     prune_kwargs.pop("dump_dir", None)
-    inputs = normalize_inputs(example_inputs)
     check_stages(stages)
+    if isinstance(pruned, torch.export.ExportedProgram):   # what prune() returned for a program
+        pruned = pruned.graph_module
     gm = embedded = None
-    if pruned is None and not prune_kwargs:
-        gm, embedded = capture_model(model_or_graph_module)  # masks the model carries are a plan too
+    if pruned is None and not prune_kwargs:   # masks the model carries are a plan too
+        gm, embedded = capture_model(model_or_graph_module, example_inputs, example_kwargs)
     if pruned is None and (prune_kwargs or embedded):
-        bound = inspect.signature(prune).bind(model_or_graph_module, inputs, **prune_kwargs)
+        bound = inspect.signature(prune).bind(model_or_graph_module, example_inputs, example_kwargs=example_kwargs,
+                                              **prune_kwargs)
         bound.apply_defaults()
         args = dict(bound.arguments)
         args.pop("dump_dir", None)
@@ -275,8 +277,8 @@ def dump(model_or_graph_module, example_inputs, out_dir, stages=STAGES, pruned=N
     prune_bias = report.prune_bias if report is not None else True
     prune_outputs = bool(report.outputs_changed) if report is not None else False
     if gm is None:
-        gm, embedded = capture_model(model_or_graph_module)
-    analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
+        gm, embedded = capture_model(model_or_graph_module, example_inputs, example_kwargs)
+    analysis = analyze(gm, captured_inputs(gm), prune_bias=prune_bias, prune_outputs=prune_outputs)
     plan = None
     masks = report.masks if report is not None else embedded
     if masks:

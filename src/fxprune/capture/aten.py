@@ -35,7 +35,7 @@ _SAME_ARGS = {
     aten.conv1d.default: F.conv1d, aten.conv2d.default: F.conv2d, aten.conv3d.default: F.conv3d,
     aten.conv1d.padding: F.conv1d, aten.conv2d.padding: F.conv2d, aten.conv3d.padding: F.conv3d,
     aten.scaled_dot_product_attention.default: F.scaled_dot_product_attention,
-    aten.cat.default: torch.cat, aten.stack.default: torch.stack,
+    aten.cat.default: torch.cat, aten.stack.default: torch.stack, aten.split_with_sizes.default: torch.split,
     aten.matmul.default: torch.matmul, aten.bmm.default: torch.bmm,
     aten.where.self: torch.where, aten.where.ScalarSelf: torch.where, aten.where.ScalarOther: torch.where,
     aten.where.Scalar: torch.where,
