@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import fxprune
-from conftest import RTOL, assert_pruned_equals_masked, fresh_like
+from conftest import RTOL, assert_pruned_equals_masked, fresh_like, prune_both
 
 
 class VGGBN(nn.Module):
@@ -120,3 +120,32 @@ def test_max_over_channels_is_a_barrier():
     assert any("reduction over a channel dim" in why for _, why in report.barriers)
     assert report.params_after == report.params_before
     assert_pruned_equals_masked(model, (x,), pruned)
+
+
+class _RMSBlock(nn.Module):
+    """nn.RMSNorm (traced: F.rms_norm on get_attr weights) over a residual stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.norm, self.fc, self.head = nn.Linear(6, 16), nn.RMSNorm(16), nn.Linear(16, 16), nn.Linear(16, 3)
+        with torch.no_grad():
+            self.norm.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.up(x)
+        h = h + self.fc(self.norm(h))
+        return self.head(self.norm(h))
+
+
+def test_rms_norm_symbolic_and_exported():
+    """F.rms_norm (and aten.rms_norm from torch.export): the masked model's statistics leave pruned
+    channels out, so removing them is exact; its weight is sliced with the stream."""
+    model, x = _RMSBlock().eval(), torch.randn(4, 6)
+    for pruned in prune_both(model, x):
+        assert pruned.norm.weight.shape == (8,) and pruned.up.out_features == 8
+    program = fxprune.prune(torch.export.export(model, (x,)), sparsity=0.5)
+    report = program.graph_module.meta["fxprune"]
+    assert report.exact and report.params_after == pruned.meta["fxprune"].params_after
+    masked = fxprune.apply_masks(model, (x,), masks=report.masks)
+    y = torch.randn(4, 6)   # a static program: the example's batch size
+    assert report.compare(masked(y), program.module()(y)) <= 1e-6

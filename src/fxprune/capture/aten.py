@@ -46,7 +46,7 @@ _SAME_ARGS = {
     aten.adaptive_avg_pool3d.default: F.adaptive_avg_pool3d,
     aten.avg_pool1d.default: F.avg_pool1d, aten.avg_pool2d.default: F.avg_pool2d, aten.avg_pool3d.default: F.avg_pool3d,
     aten.max_pool1d.default: F.max_pool1d, aten.max_pool2d.default: F.max_pool2d, aten.max_pool3d.default: F.max_pool3d,
-    aten.pad.default: F.pad,
+    aten.pad.default: F.pad, aten.rms_norm.default: F.rms_norm,
     aten.pixel_shuffle.default: F.pixel_shuffle, aten.pixel_unshuffle.default: F.pixel_unshuffle,
     aten.channel_shuffle.default: F.channel_shuffle,
 }

@@ -19,8 +19,9 @@ class Tracer(fx.Tracer):
         self._untraceable: dict[int, bool] = {}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if rules.is_leaf_type(m):
-            return True
+        rule = rules.module_rule(m)
+        if rule is not None:   # a rule with leaf=False: traced through (nn.RMSNorm into F.rms_norm)
+            return rule.leaf
         if rules.overridden_base(m) is not None:
             if id(m) not in self._untraceable:
                 try:

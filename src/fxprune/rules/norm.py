@@ -25,6 +25,14 @@ def masked_layer_norm(x, normalized_shape, weight, bias, eps, keep, zero_pruned:
     return out.index_copy(-1, idx, y)
 
 
+def masked_rms_norm(x, normalized_shape, weight, eps, keep, zero_pruned: bool = True):
+    """rms_norm over the last dim's ``keep`` channels only; the others are 0."""
+    idx = keep.nonzero().squeeze(1)
+    w = None if weight is None else weight.index_select(0, idx)
+    y = F.rms_norm(x.index_select(-1, idx), (idx.numel(),), w, eps)
+    return x.new_zeros(x.shape).index_copy(-1, idx, y)
+
+
 class MaskedLayerNorm(nn.Module):
     """LayerNorm over the last dim that ignores removed channels: their statistics are left out and
     they output their bias (0 when ``prune_bias``). ``keep`` is updated in place by update_masks."""
@@ -193,13 +201,16 @@ class FunctionalLayerNormRule(Rule):
     as nn.LayerNorm; in the masked model the call becomes :func:`masked_layer_norm`."""
 
     ARGS = ("input", "normalized_shape", "weight", "bias", "eps")
+    EPS = 1e-5
+    masked_fn = staticmethod(masked_layer_norm)
 
     def _args(self, node):
-        vals = list(node.args) + [None] * (5 - len(node.args))
-        vals[4] = vals[4] if vals[4] is not None else 1e-5
+        n = len(self.ARGS)
+        vals = list(node.args) + [None] * (n - len(node.args))
         for i, name in enumerate(self.ARGS):
             if name in node.kwargs:
                 vals[i] = node.kwargs[name]
+        vals[n - 1] = vals[n - 1] if vals[n - 1] is not None else self.EPS
         return vals
 
     def flow(self, ctx):
@@ -210,7 +221,7 @@ class FunctionalLayerNormRule(Rule):
         nd = cmap.ndim
         normed = range(nd - len(shape), nd)
         if not any(d in normed for d in cmap.dims):
-            has_bias = ctx.arg(3, "bias") is not None
+            has_bias = "bias" in self.ARGS and ctx.arg(3, "bias") is not None
             return cmap.with_carry(VARY if has_bias else ZERO)
         if len(shape) != 1 or cmap.dims != (nd - 1,):
             raise Unsupported("normalised over several dims that hold channels")
@@ -218,6 +229,8 @@ class FunctionalLayerNormRule(Rule):
             raise Unsupported("its statistics include every channel, zero or not")
         has_bias = False
         for i, name in ((2, "weight"), (3, "bias")):
+            if name not in self.ARGS:
+                continue
             pv = ctx.arg_map(i, name)
             if ctx.arg(i, name) is None:
                 continue
@@ -238,8 +251,8 @@ class FunctionalLayerNormRule(Rule):
             k = gm.graph.get_attr(buf)
         k.meta[MASK_TAG] = True
         # restore information without Node references (node meta is deep-copied with the graph)
-        node.meta[RESTORE_TAG] = (node.target, 5)
-        node.target = masked_layer_norm
+        node.meta[RESTORE_TAG] = (node.target, len(self.ARGS))
+        node.target = self.masked_fn
         node.args, node.kwargs = (*self._args(node), k, prune_bias), {}
 
     def rewrite_node(self, node, ctx):
@@ -248,6 +261,24 @@ class FunctionalLayerNormRule(Rule):
             new = ctx.new_sizes(node.args[0])
             if new is not None and new[-1] != shape[-1]:
                 node.args = (node.args[0], (new[-1],), *node.args[2:])
+
+
+@register(F.rms_norm)
+class FunctionalRMSNormRule(FunctionalLayerNormRule):
+    """F.rms_norm(x, shape, weight, eps) (nn.RMSNorm traced): F.layer_norm's rule without a bias; in
+    the masked model, :func:`masked_rms_norm` leaves pruned channels out of the statistics."""
+
+    ARGS = ("input", "normalized_shape", "weight", "eps")
+    EPS = None
+    masked_fn = staticmethod(masked_rms_norm)
+
+
+@register(nn.RMSNorm)
+class TracedThrough(Rule):
+    """Modules of torch.nn that are traced into their functional call (whose rule applies) rather
+    than kept as leaves, as torch.fx keeps torch.nn modules."""
+
+    leaf = False
 
 
 def _get_attr_params(ctx, names: dict[int, str]) -> dict:
