@@ -149,3 +149,21 @@ def test_rms_norm_symbolic_and_exported():
     masked = fxprune.apply_masks(model, (x,), masks=report.masks)
     y = torch.randn(4, 6)   # a static program: the example's batch size
     assert report.compare(masked(y), program.module()(y)) <= 1e-6
+
+
+class _GroupNorm1(nn.Module):
+    """F.group_norm with one group (timm's GroupNorm1: a LayerNorm over (C, H, W)) between convs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.weight, self.bias = nn.Parameter(torch.rand(16) + 0.5), nn.Parameter(torch.randn(16))
+
+    def forward(self, x):
+        return self.head(F.group_norm(self.conv(x), 1, self.weight, self.bias, 1e-5))
+
+
+def test_group_norm_with_one_group():
+    model, x = _GroupNorm1().eval(), torch.randn(2, 3, 8, 8)
+    for pruned in prune_both(model, x):
+        assert pruned.conv.out_channels == 8 and pruned.weight.shape == (8,)

@@ -33,6 +33,35 @@ def masked_rms_norm(x, normalized_shape, weight, eps, keep, zero_pruned: bool = 
     return x.new_zeros(x.shape).index_copy(-1, idx, y)
 
 
+def masked_group_norm(x, num_groups, weight, bias, eps, keep, zero_pruned: bool):
+    """group_norm with one group over dim 1's ``keep`` channels only; the others hold their bias (0
+    when ``zero_pruned``)."""
+    idx = keep.nonzero().squeeze(1)
+    w = None if weight is None else weight.index_select(0, idx)
+    b = None if bias is None else bias.index_select(0, idx)
+    y = F.group_norm(x.index_select(1, idx), 1, w, b, eps)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    out = x.new_zeros(x.shape) if (bias is None or zero_pruned) else bias.reshape(shape).expand(x.shape).clone()
+    return out.index_copy(1, idx, y)
+
+
+def _call_masked(gm, node, keep: torch.Tensor, prune_bias: bool, fn, args) -> None:
+    """The function op ``node`` becomes ``fn(*args, keep, prune_bias)`` in the masked model, ``keep`` a
+    buffer (updated in place by update_masks)."""
+    buf = f"_fxprune_keep_{node.name}"
+    if hasattr(gm, buf):
+        getattr(gm, buf).copy_(keep)
+        return
+    gm.register_buffer(buf, keep.clone())
+    with gm.graph.inserting_before(node):
+        k = gm.graph.get_attr(buf)
+    k.meta[MASK_TAG] = True
+    # restore information without Node references (node meta is deep-copied with the graph)
+    node.meta[RESTORE_TAG] = (node.target, len(args))
+    node.target = fn
+    node.args, node.kwargs = (*args, k, prune_bias), {}
+
+
 class MaskedLayerNorm(nn.Module):
     """LayerNorm over the last dim that ignores removed channels: their statistics are left out and
     they output their bias (0 when ``prune_bias``). ``keep`` is updated in place by update_masks."""
@@ -242,18 +271,7 @@ class FunctionalLayerNormRule(Rule):
         return cmap.with_carry(ZERO if (not has_bias or ctx.prune_bias) else CONST)
 
     def masked_node(self, gm, node, keep, prune_bias):
-        buf = f"_fxprune_keep_{node.name}"
-        if hasattr(gm, buf):
-            getattr(gm, buf).copy_(keep["channels"])
-            return
-        gm.register_buffer(buf, keep["channels"].clone())
-        with gm.graph.inserting_before(node):
-            k = gm.graph.get_attr(buf)
-        k.meta[MASK_TAG] = True
-        # restore information without Node references (node meta is deep-copied with the graph)
-        node.meta[RESTORE_TAG] = (node.target, len(self.ARGS))
-        node.target = self.masked_fn
-        node.args, node.kwargs = (*self._args(node), k, prune_bias), {}
+        _call_masked(gm, node, keep["channels"], prune_bias, self.masked_fn, self._args(node))
 
     def rewrite_node(self, node, ctx):
         shape = node.args[1] if len(node.args) > 1 else node.kwargs.get("normalized_shape")
@@ -355,6 +373,14 @@ class FunctionalGroupNormRule(Rule):
         groups = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("num_groups")
         if not isinstance(groups, int):
             raise Unsupported("num_groups that is not a literal")
+        if groups == 1 and not ctx.flow.dead:
+            # one group (timm's GroupNorm1, a LayerNorm over (C, H, W)): in the masked model the
+            # statistics leave pruned channels out, as for layer_norm, so channels prune one by one
+            params = _get_attr_params(ctx, {2: "weight", 3: "bias"})
+            for pv in params.values():
+                ctx.param_member(pv, 0, cmap, zeroed=False)
+            ctx.member("channels", cmap, ())
+            return cmap.with_carry(ZERO if ("bias" not in params or ctx.prune_bias) else CONST)
         per = cmap.ids.reshape(groups, -1)
         for g in range(groups):
             ctx.union_ids(per[g, :1].expand(per.shape[1]), per[g])
@@ -364,11 +390,16 @@ class FunctionalGroupNormRule(Rule):
         # a pruned group is all zero (normalised: 0) or holds constants (normalised: constants)
         return _functional_affine(ctx, cmap, cmap.map_carry(ZERO, CONST), params)
 
+    def masked_node(self, gm, node, keep, prune_bias):
+        args = [node.args[i] if i < len(node.args) else node.kwargs.get(name, default) for i, (name, default)
+                in enumerate((("input", None), ("num_groups", 1), ("weight", None), ("bias", None), ("eps", 1e-5)))]
+        _call_masked(gm, node, keep["channels"], prune_bias, masked_group_norm, args)
+
     def rewrite_node(self, node, ctx):
         groups = node.args[1] if len(node.args) > 1 else node.kwargs.get("num_groups")
         old = ctx.old_shape(node.args[0])
         new = ctx.new_sizes(node.args[0])
-        if not isinstance(groups, int) or old is None or new is None or new[1] == old[1]:
+        if not isinstance(groups, int) or groups == 1 or old is None or new is None or new[1] == old[1]:
             return
         kept = new[1] // (old[1] // groups)
         if len(node.args) > 1:
