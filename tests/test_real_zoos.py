@@ -22,7 +22,8 @@ import fxprune
 import real_zoos as rz
 from conftest import assert_pruned_equals_masked, fresh_like, model_digest
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning"),
+              pytest.mark.usefixtures("one_thread")]   # real models: one thread each, steadier on CI
 
 # (source, name, input side, create_model kwargs)
 REGRESSIONS = [
@@ -38,6 +39,7 @@ REGRESSIONS = [
     ("timm", "coatnet_0_rw_224", 64, {"img_size": 64}),
     ("timm", "maxvit_tiny_tf_224", 64, {"img_size": 64}),   # AvgPool2dSame: KeyError in capture
     ("timm", "nfnet_l0", 32, {}),                  # ScaledStdConv2d: F.batch_norm over the weight
+    ("timm", "efficientvit_b0", 64, {}),           # shape-dependent Python: captured by torch.export
 ]
 SUBSET = [
     ("torchvision", "resnet18", 32, {}),
@@ -78,7 +80,6 @@ def _check(model, inputs, prune_bias):
     return report
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # real models: one thread each, steadier on CI
 
 
 @pytest.mark.parametrize("source, name, side, kwargs", REGRESSIONS, ids=[c[1] for c in REGRESSIONS])

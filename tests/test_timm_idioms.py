@@ -98,3 +98,32 @@ def test_linear_with_a_bias_computed_at_run_time_consumes_its_input():
     p = fxprune.prune(m, (x,), sparsity=0.5)
     assert p.inp.out_features == 4 and p.qkv.weight.shape == (12, 4)   # columns pruned, rows kept
     assert_pruned_equals_masked(m, (x,), p)
+
+
+class WindowBias(nn.Module):
+    """Swin's attention: a relative position bias table with a column per head, gathered by a fixed
+    index, plus a shift mask that is the same for every head, given to SDPA as its mask."""
+
+    def __init__(self, d=16, heads=4, n=4):
+        super().__init__()
+        self.heads, self.n = heads, n
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.table = nn.Parameter(torch.randn((2 * n - 1), heads))
+        self.register_buffer("index", torch.randint(0, 2 * n - 1, (n * n,)))
+        self.register_buffer("shift", torch.randn(1, 1, n, n))
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.table[self.index].view(self.n, self.n, -1).permute(2, 0, 1).unsqueeze(0)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias + self.shift)
+        return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+def test_per_head_bias_table_is_sliced_with_the_heads():
+    torch.manual_seed(0)
+    m, x = WindowBias().eval(), torch.randn(2, 4, 16)
+    for prune_bias in (True, False):
+        p = fxprune.prune(m, (x,), sparsity=0.5, prune_bias=prune_bias)
+        assert p.meta["fxprune"].exact and p.table.shape == (7, 2)
+        assert_pruned_equals_masked(m, (x,), p)

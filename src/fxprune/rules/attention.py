@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..channels import CONST, VARY, ZERO, ChannelMap
+from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
 from .common import add_folded, factory_kwargs
 from .registry import Rule, Unsupported, register
 
@@ -132,10 +132,16 @@ class SDPARule(Rule):
         if isinstance(mask, torch.Tensor) and mask.dim() >= 3 and mask.shape[-3] > 1:
             # a per-head mask (T5's relative position bias, a table with a column per head): its heads
             # are the attention's heads, pruned with them; one computed from nothing tracked keeps them
-            mm = ctx.arg_map(3, "attn_mask")
-            if not isinstance(mm, ChannelMap) or mm.dims != (mask.dim() - 3,):
+            mm, hm = ctx.arg_map(3, "attn_mask"), mask.dim() - 3
+            if isinstance(mm, ParamView) and mm.param_dim(hm) is not None:
+                # a view of a table with a column per head (Swin's relative position bias, gathered by
+                # a fixed index): the table is sliced with the heads
+                heads = ChannelMap.on_dim(hm, mask.dim(), reps[0][0], torch.zeros_like(reps[0][0], dtype=torch.int8))
+                ctx.param_member(mm, hm, heads, zeroed=False)
+            elif isinstance(mm, ChannelMap) and mm.dims == (hm,):
+                ctx.union_ids(reps[0][0], mm.ids)
+            else:
                 raise Unsupported("a per-head attention mask whose heads are not tracked channels")
-            ctx.union_ids(reps[0][0], mm.ids)
         v = maps[2]
         # softmax rows sum to 1: a constant v channel comes out as that constant (without dropout)
         const = CONST if ctx.arg(4, "dropout_p", 0.0) == 0 else VARY

@@ -2,8 +2,6 @@
 functions of a parameter."""
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -31,13 +29,25 @@ def add_folded(bias, weight_cols, constants):
 
 
 def param_function(ctx) -> ParamView | None:
-    """The op applied elementwise to one parameter (and numbers): a function of it, sliced with it
-    (``w.exp()``, ``1 + w``; see ParamView.derived). None otherwise."""
-    nodes = [a for a in (*ctx.node.args, *ctx.node.kwargs.values()) if isinstance(a, fx.Node)]
-    views = [m for m in map(ctx.map_of, nodes) if m is not None]
-    if len(views) != 1 or not isinstance(views[0], ParamView):
+    """The op applied elementwise to one parameter, with numbers or tensors (other parameters too) that
+    broadcast along its sliceable dims (``1 + w``, ``w.sigmoid()``, Swin's bias table view + its shift
+    mask): a function of that parameter, sliced with it (see ParamView.derived). None otherwise."""
+    out = ctx.out
+    operands = list(zip((*ctx.node.args, *ctx.node.kwargs.values()), (*ctx.args, *ctx.kwargs.values())))
+    labels = [ctx.map_of(a) if isinstance(a, fx.Node) else None for a, _ in operands]
+    if not isinstance(out, torch.Tensor) or not any(isinstance(m, ParamView) for m in labels) \
+            or any(m is not None and not isinstance(m, ParamView) for m in labels):
         return None
-    tensors = [v for v in (*ctx.args, *ctx.kwargs.values()) if isinstance(v, torch.Tensor)]
-    if len(tensors) != 1 or not isinstance(ctx.out, torch.Tensor) or ctx.out.shape != tensors[0].shape:
-        return None
-    return dataclasses.replace(views[0], derived=True)
+    found = []
+    for i, pv in enumerate(labels):
+        if not isinstance(pv, ParamView) or out.dim() < pv.ndim:
+            continue
+        dims = (None,) * (out.dim() - pv.ndim) + pv.dims
+        sliced = [d for d in range(out.dim()) if dims[d] is not None and pv.shape[dims[d]] > 1]
+        if any(out.shape[d] != pv.shape[dims[d]] for d in sliced):
+            continue
+        others = [[1] * (out.dim() - v.dim()) + list(v.shape) for j, (_, v) in enumerate(operands)
+                  if j != i and isinstance(v, torch.Tensor)]
+        if all(len(s) == out.dim() and all(s[d] == 1 for d in sliced) for s in others):
+            found.append(ParamView(pv.target, dims, pv.shape, derived=True))
+    return found[0] if len(found) == 1 else None
