@@ -27,6 +27,7 @@ from .masked import build_masked, masked_view
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
 from .report import Report, build_report, model_bytes
 from .rewrite import rewrite
+from .timing import stage
 from .verify import (RecordingInterpreter, cast_inputs, copies, differing_nodes, max_abs_diff,
                      model_dtype, output_keeps, relative_diff, tolerance, verification_dtype, verification_mode)
 
@@ -68,18 +69,22 @@ def prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune
         raise ValueError("give either masks= or sparsity=, not both")
     if masks is not None and not isinstance(masks, dict):
         raise ValueError(f"masks must be a dict of tensor name -> bool keep-mask, got {type(masks).__name__}")
-    gm, embedded = capture_model(model)
-    analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
-    if masks is not None:
-        flags = units_from_masks(analysis, masks)
-    elif sparsity is not None:
-        flags = units_from_sparsity(analysis, gm, select)
-    elif embedded:
-        flags = units_from_masks(analysis, embedded, strict=False)
-    else:
-        raise ValueError("nothing to prune: give sparsity= or masks=, or a model that carries masks "
-                         "(fxprune.apply_masks, torch.ao's structured pruner, torch.nn.utils.prune)")
-    return State(gm, inputs, analysis, make_plan(analysis, flags, keep_groups))
+    with stage("capture"):
+        gm, embedded = capture_model(model)
+    with stage("analysis"):
+        analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
+    with stage("saliency"):
+        if masks is not None:
+            flags = units_from_masks(analysis, masks)
+        elif sparsity is not None:
+            flags = units_from_sparsity(analysis, gm, select)
+        elif embedded:
+            flags = units_from_masks(analysis, embedded, strict=False)
+        else:
+            raise ValueError("nothing to prune: give sparsity= or masks=, or a model that carries masks "
+                             "(fxprune.apply_masks, torch.ao's structured pruner, torch.nn.utils.prune)")
+    with stage("plan"):
+        return State(gm, inputs, analysis, make_plan(analysis, flags, keep_groups))
 
 
 def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool = False,
@@ -93,8 +98,9 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
     rewritten and verified in float32 and returned in their own dtypes (exact: their values are
     float16/bfloat16 values)."""
     plan, analysis, gm = state.plan, state.analysis, state.gm
-    params_before = sum(p.numel() for p in gm.parameters())
-    bytes_before = model_bytes(gm)  # parameters + buffers, before baking
+    with stage("report"):
+        params_before = sum(p.numel() for p in gm.parameters())
+        bytes_before = model_bytes(gm)  # parameters + buffers, before baking
     dtype = model_dtype(gm)
     vdtype = verification_dtype(dtype) if verify else dtype
     dtypes = float_dtypes(gm)
@@ -106,33 +112,37 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
     inputs = cast_inputs(state.inputs, vdtype)
     expected = None
     if verify and reference:
-        with verification_mode(gm):
+        with stage("verify: masked forward"), verification_mode(gm):
             expected = gm(*copies(inputs))
-    # consumers that read removed channels holding nonzero constants: record their inputs to fold them
-    fold_uses = [u for u in analysis.uses if u.site is not None
-                 and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
-    baked = build_masked(gm, plan, prune_bias, bake=True)  # gm is ours: baked in place
+    with stage("bake"):
+        # consumers that read removed channels holding nonzero constants: record their inputs to fold them
+        fold_uses = [u for u in analysis.uses if u.site is not None
+                     and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
+        baked = build_masked(gm, plan, prune_bias, bake=True)  # gm is ours: baked in place
     masked_out, recorded, values = expected, {}, {}
     if (verify and expected is None) or fold_uses or record:
-        masked = masked_view(baked, plan, prune_bias)
-        recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses}, all_outputs=record)
-        with verification_mode(masked):
-            out = recorder.run(*copies(inputs))
+        with stage("masked view"):
+            masked = masked_view(baked, plan, prune_bias)
+        with stage("verify: masked forward"):
+            recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses}, all_outputs=record)
+            with verification_mode(masked):
+                out = recorder.run(*copies(inputs))
         masked_out = out if masked_out is None else masked_out
         recorded, values = recorder.recorded, recorder.values
-    fold = {}
-    for u in fold_uses:
-        x = recorded[u.node.name]
-        # float64 holds any float dtype's values exactly
-        values_in = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().double()
-        removed = torch.zeros(len(u.ids), dtype=torch.bool)
-        lab = u.ids >= 0
-        removed[lab] = plan.removed[u.ids[lab]]
-        fold[u.site] = torch.where(removed, values_in, torch.zeros_like(values_in))
-    pruned = rewrite(baked, plan, fold)
+    with stage("rewrite"):
+        fold = {}
+        for u in fold_uses:
+            x = recorded[u.node.name]
+            # float64 holds any float dtype's values exactly
+            values_in = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().double()
+            removed = torch.zeros(len(u.ids), dtype=torch.bool)
+            lab = u.ids >= 0
+            removed[lab] = plan.removed[u.ids[lab]]
+            fold[u.site] = torch.where(removed, values_in, torch.zeros_like(values_in))
+        pruned = rewrite(baked, plan, fold)
     keeps = output_keeps(plan)
     if verify:
-        with verification_mode(pruned):
+        with stage("verify: pruned forward"), verification_mode(pruned):
             pruned_out = pruned(*copies(inputs))
     differing = differing_nodes(values, pruned, inputs, analysis.labels_by_name, plan.removed,
                                 tolerance(dtype)) if record else []
@@ -140,20 +150,23 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
         for name, t in (*pruned.named_parameters(), *pruned.named_buffers()):
             if t.is_floating_point():
                 t.data = t.data.to(dtypes.get(name, dtype))
-    for node in pruned.graph.nodes:  # shapes from the capture are stale
-        node.meta.pop("tensor_meta", None)
-    # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
-    shapes = FakeShapeProp(pruned)
-    with FlopCounterMode(display=False) as after:
-        shapes.propagate(*state.inputs)
-    report: Report = build_report(plan, keeps, prune_bias)
-    report.params_before = params_before
-    report.params_after = sum(p.numel() for p in pruned.parameters())
-    report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
-    report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
+    with stage("flops"):
+        for node in pruned.graph.nodes:  # shapes from the capture are stale
+            node.meta.pop("tensor_meta", None)
+        # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
+        shapes = FakeShapeProp(pruned)
+        with FlopCounterMode(display=False) as after:
+            shapes.propagate(*state.inputs)
+    with stage("report"):
+        report: Report = build_report(plan, keeps, prune_bias)
+        report.params_before = params_before
+        report.params_after = sum(p.numel() for p in pruned.parameters())
+        report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
+        report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
     if verify:
-        report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
-        report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
+        with stage("verify: compare"):
+            report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
+            report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
         report.tolerance = tolerance(dtype)
         report.exact = report.rel_diff <= report.tolerance
         report.verified_dtype = str(vdtype).removeprefix("torch.")

@@ -21,6 +21,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import DynamicOutputShapeException
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..timing import stage
 from .flow import ChannelFlow, FlowContext, Site, Use, op_name
 from .groups import Analysis, Group, Unit
 from .patterns import name_groups
@@ -32,7 +33,8 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
             dead: bool = False) -> Analysis:
     """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`.
     ``dead``: find channels that are zero for every input (see fxprune.eliminate_dead_channels)."""
-    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
+    with stage("shapes"):  # fake twins of the parameters
+        flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders) or not all(
             isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):

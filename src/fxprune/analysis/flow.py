@@ -17,6 +17,7 @@ from torch.fx.node import map_aggregate
 from ..channels import VARY, ZERO, ChannelMap, ParamView, UnionFind, maps_in
 from ..graph import FakeShapeProp, attr
 from ..rules import Rule, Unsupported, call_rule, module_rule, overridden_base
+from ..timing import stage
 
 
 @dataclass
@@ -397,7 +398,8 @@ class ChannelFlow(FakeShapeProp):
 
     def run_node(self, n: fx.Node):
         self.current = n
-        out = super().run_node(n)
+        with stage("shapes"):
+            out = super().run_node(n)
         self.labels[n] = self._flow(n, out)
         # an in-place op (relu_, add_) returns its input: later readers of that tensor (under any node
         # that returned it, e.g. an eval-mode dropout) see the op's result
