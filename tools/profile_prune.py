@@ -28,7 +28,7 @@ import warnings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = ["resnet50", "mobilenet_v2", "regnet_x_400mf", "vit_b_16"]
 STAGES = ["capture", "shapes", "analysis", "saliency", "plan", "bake", "masked view", "verify: masked forward",
-          "rewrite", "verify: pruned forward", "verify: compare", "flops", "report"]
+          "rewrite", "verify: pruned forward", "pruned forward", "verify: compare", "flops", "report"]
 
 
 def build(name: str):

@@ -14,14 +14,13 @@ from typing import Callable
 
 import torch
 import torch.fx as fx
-from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import Analysis, analyze
 from .analysis.flow import op_name
 from .capture import capture
 from .channels import CONST, maps_in
 from .dump import write_dumps
-from .graph import FakeShapeProp, float_dtypes, normalize_inputs, private_copy
+from .graph import FakeShapeProp, RealShapeProp, float_dtypes, grad_flags, normalize_inputs, private_copy
 from .interop import take_masks
 from .masked import build_masked, masked_view
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
@@ -141,8 +140,20 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
             fold[u.site] = torch.where(removed, values_in, torch.zeros_like(values_in))
         pruned = rewrite(baked, plan, fold)
     keeps = output_keeps(plan)
-    if verify:
-        with stage("verify: pruned forward"), verification_mode(pruned):
+    grads = grad_flags(pruned)   # requires_grad as propagated with grad enabled, for the fresh metadata
+    for node in pruned.graph.nodes:  # shapes from the capture are stale
+        node.meta.pop("tensor_meta", None)
+    # one run of the pruned model on the inputs: its output to verify, fresh shape metadata and its FLOPs
+    # (from the shapes, counted as for the original model: fxprune.flops). A float16/bfloat16 model,
+    # verified in float32, gets its shapes on fake tensors in its own dtypes after the cast back.
+    real = dtype == verification_dtype(dtype)
+    if real:
+        shapes = RealShapeProp(pruned, grads)
+        with stage("pruned forward"), verification_mode(pruned):
+            pruned_out = shapes.propagate(*copies(inputs))
+        flops_after = shapes.flops
+    elif verify:
+        with stage("pruned forward"), verification_mode(pruned):
             pruned_out = pruned(*copies(inputs))
     differing = differing_nodes(values, pruned, inputs, analysis.labels_by_name, plan.removed,
                                 tolerance(dtype)) if record else []
@@ -150,19 +161,17 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
         for name, t in (*pruned.named_parameters(), *pruned.named_buffers()):
             if t.is_floating_point():
                 t.data = t.data.to(dtypes.get(name, dtype))
-    with stage("flops"):
-        for node in pruned.graph.nodes:  # shapes from the capture are stale
-            node.meta.pop("tensor_meta", None)
-        # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
-        shapes = FakeShapeProp(pruned)
-        with FlopCounterMode(display=False) as after:
+    if not real:
+        with stage("flops"):
+            shapes = FakeShapeProp(pruned, count_flops=True)
             shapes.propagate(*state.inputs)
+            flops_after = shapes.flops
     with stage("report"):
         report: Report = build_report(plan, keeps, prune_bias)
         report.params_before = params_before
         report.params_after = sum(p.numel() for p in pruned.parameters())
         report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
-        report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
+        report.flops_before, report.flops_after = analysis.flops, flops_after
     if verify:
         with stage("verify: compare"):
             report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)

@@ -19,7 +19,6 @@ import logging
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import DynamicOutputShapeException
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..timing import stage
 from .flow import ChannelFlow, FlowContext, Site, Use, op_name
@@ -45,8 +44,8 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
     try:
         # ShapeProp prints a traceback and FakeTensor logs the error before raising; the error below says it
         quiet.setLevel(logging.CRITICAL)
-        # ShapeProp prints a traceback before raising; FLOPs of the original model come free on fake tensors
-        with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as flops:
+        # ShapeProp prints a traceback before raising
+        with contextlib.redirect_stderr(io.StringIO()):
             flow.propagate(*example_inputs)
     except Exception as e:
         cause = e.__cause__ or e
@@ -65,5 +64,5 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
         quiet.setLevel(level)
     analysis = Analysis(gm, flow)
     name_groups(analysis)
-    analysis.flops = flops.get_total_flops()  # of the original model, counted on the fake tensors
+    analysis.flops = flow.flops  # of the original model, from the shapes of the fake run
     return analysis

@@ -293,11 +293,12 @@ class FlowContext:
 
 
 class ChannelFlow(FakeShapeProp):
-    """Runs the graph on fake tensors and propagates channel maps through the op rules."""
+    """Runs the graph on fake tensors and propagates channel maps through the op rules; counts its
+    FLOPs (``self.flops``) on the way."""
 
     def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False,
                  dead: bool = False):
-        super().__init__(gm)
+        super().__init__(gm, count_flops=True)   # the model's FLOPs, from the shapes (fxprune.flops)
         self.prune_bias, self.prune_outputs, self.dead = prune_bias, prune_outputs, dead
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple, Site] = {}
