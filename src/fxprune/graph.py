@@ -63,27 +63,48 @@ def float_dtypes(module: nn.Module) -> dict[str, torch.dtype]:
             if t.is_floating_point()}
 
 
+def _held_non_leaves(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Detached copies of the non-leaf tensors (which deepcopy refuses) that modules hold as plain
+    attributes: torch.nn.utils.prune's weight = orig * mask, recurrent modules' cached _flat_weights."""
+    memo = {}
+    for m in model.modules():
+        held = [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        held += [t for t in getattr(m, "_flat_weights", None) or () if isinstance(t, torch.Tensor)]
+        for t in held:
+            if t.grad_fn is not None:
+                memo[id(t)] = t.detach().clone()
+    return memo
+
+
 def private_copy(model: nn.Module) -> nn.Module:
     """copy.deepcopy that leaves the original alone whatever is done to the copy.
 
     Parametrized modules get a class of their own: a deep copy shares torch's injected Parametrized*
     class, and adding or removing a parametrization edits that class. Non-leaf tensors (which
     deepcopy refuses) held by modules are copied detached."""
-    memo = {}
-    for m in model.modules():
-        # non-leaf tensors held as plain attributes: torch.nn.utils.prune's weight = orig * mask,
-        # recurrent modules' cached _flat_weights
-        held = [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
-        held += [t for t in getattr(m, "_flat_weights", None) or () if isinstance(t, torch.Tensor)]
-        for t in held:
-            if t.grad_fn is not None:
-                memo[id(t)] = t.detach().clone()
-    new = copy.deepcopy(model, memo)
+    new = copy.deepcopy(model, _held_non_leaves(model))
     for m in new.modules():
         if parametrize.is_parametrized(m):
             cls = type(m)
             m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     return new
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy of ``model`` that shares its parameters (the same Parameter objects); buffers and
+    everything else are copied. For a pipeline that never writes into a parameter, only replaces it
+    (the rewrite slices into new tensors; baking multiplies into new ones): the caller's model stays
+    as it was without a copy of every weight. What still shares a parameter at the end is copied then
+    (see fxprune.pipeline). Not for a parametrized model (:func:`private_copy`).
+
+    Example::
+
+        own = shared_copy(model)
+        own.fc.weight is model.fc.weight        # True; own.bn.running_mean is a copy
+    """
+    memo = _held_non_leaves(model)
+    memo.update({id(p): p for p in model.parameters()})
+    return copy.deepcopy(model, memo)
 
 
 class FakeShapeProp(ShapeProp):

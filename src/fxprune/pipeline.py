@@ -9,6 +9,7 @@ bisecting), keeps them with the reason, warns, and raises if keeping them cannot
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,9 +21,10 @@ from .analysis.flow import op_name
 from .capture import capture
 from .channels import CONST, maps_in
 from .dump import write_dumps
-from .graph import FakeShapeProp, RealShapeProp, float_dtypes, grad_flags, normalize_inputs, private_copy
-from .interop import take_masks
-from .masked import build_masked, masked_view
+from .graph import (FakeShapeProp, RealShapeProp, float_dtypes, grad_flags, normalize_inputs, private_copy,
+                    shared_copy)
+from .interop import carries_masks, take_masks
+from .masked import bake_entries, bake_kept, masked_tensors, masked_view, replace_tensors
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
 from .report import Report, build_report, model_bytes
 from .rewrite import rewrite
@@ -43,8 +45,17 @@ class State:
     plan: Plan
 
 
+#: captured graph module -> storages (data_ptr) of the caller's parameters it shares (see capture_model)
+_SHARED: "weakref.WeakKeyDictionary[fx.GraphModule, frozenset[int]]" = weakref.WeakKeyDictionary()
+
+
 def capture_model(model) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """A captured private copy of ``model``, without the masks it carried, and those masks.
+    """A captured copy of ``model``, without the masks it carried, and those masks.
+
+    The copy shares ``model``'s parameters (:func:`fxprune.graph.shared_copy`): no stage writes into
+    them, and :func:`finish` copies what the pruned model still shares. A model that carries masks
+    (taken out of a full private copy) or float16/bfloat16 weights (verified in float32 copies) is
+    copied whole.
 
     Example::
 
@@ -52,9 +63,21 @@ def capture_model(model) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected an nn.Module or fx.GraphModule, got {type(model).__name__}")
-    own = private_copy(model)
-    masks = take_masks(own)
-    return capture(own, copy=False), masks
+    dtype = model_dtype(model)
+    if carries_masks(model) or verification_dtype(dtype) != dtype:
+        own = private_copy(model)
+        masks = take_masks(own)
+        return capture(own, copy=False), masks
+    gm = capture(shared_copy(model), copy=False)
+    _SHARED[gm] = frozenset(p.untyped_storage().data_ptr() for p in model.parameters())
+    return gm, {}
+
+
+def unshare(gm: fx.GraphModule, storages: frozenset[int]) -> None:
+    """Copy each tensor of ``gm`` whose storage is one of ``storages`` (the caller's parameters), so the
+    result shares nothing with the caller's model."""
+    if storages:
+        replace_tensors(gm, lambda t: t.detach().clone() if t.untyped_storage().data_ptr() in storages else None)
 
 
 def prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
@@ -117,17 +140,22 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
         # consumers that read removed channels holding nonzero constants: record their inputs to fold them
         fold_uses = [u for u in analysis.uses if u.site is not None
                      and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
-        baked = build_masked(gm, plan, prune_bias, bake=True)  # gm is ours: baked in place
+        entries = bake_entries(gm, plan, prune_bias)
     masked_out, recorded, values = expected, {}, {}
     if (verify and expected is None) or fold_uses or record:
         with stage("masked view"):
-            masked = masked_view(baked, plan, prune_bias)
+            masked = masked_view(gm, plan, prune_bias)
         with stage("verify: masked forward"):
-            recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses}, all_outputs=record)
+            # the masked model: its tensors masked where they are read, as baking would leave them
+            recorder = RecordingInterpreter(masked, {u.node.name for u in fold_uses}, all_outputs=record,
+                                            masks=masked_tensors(entries))
             with verification_mode(masked):
                 out = recorder.run(*copies(inputs))
         masked_out = out if masked_out is None else masked_out
         recorded, values = recorder.recorded, recorder.values
+    with stage("bake"):
+        # masked entries that the rewrite keeps are zeroed in new tensors; removed ones are sliced away
+        bake_kept(gm, entries)
     with stage("rewrite"):
         fold = {}
         for u in fold_uses:
@@ -138,7 +166,8 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
             lab = u.ids >= 0
             removed[lab] = plan.removed[u.ids[lab]]
             fold[u.site] = torch.where(removed, values_in, torch.zeros_like(values_in))
-        pruned = rewrite(baked, plan, fold)
+        pruned = rewrite(gm, plan, fold)
+        unshare(pruned, _SHARED.pop(gm, frozenset()))
     keeps = output_keeps(plan)
     grads = grad_flags(pruned)   # requires_grad as propagated with grad enabled, for the fresh metadata
     for node in pruned.graph.nodes:  # shapes from the capture are stale
