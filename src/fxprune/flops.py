@@ -75,7 +75,8 @@ upsample pad pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffl
 ZERO_FUNCTIONS = frozenset(
     {f for name in dir(operator) if not name.startswith("_") and "matmul" not in name and name != "call"
      for f in [getattr(operator, name)] if callable(f)}
-    | {getattr, len}
+    | {getattr, len, torch._assert}
+    | {f for name in dir(math) if not name.startswith("_") for f in [getattr(math, name)] if callable(f)}
     | {getattr(mod, name) for mod in (torch, F) for name in _ZERO_NAMES if callable(getattr(mod, name, None))})
 
 #: method names (``x.view(...)``) that run no counted aten op
@@ -84,6 +85,13 @@ ZERO_METHODS = frozenset(set(_ZERO_NAMES) | {
     "double", "half", "bfloat16", "int", "long", "bool", "to", "type", "type_as", "detach", "clone", "new_zeros",
     "new_ones", "new_full", "new_empty", "zero_", "fill_", "copy_", "masked_fill_", "add_", "sub_", "mul_", "div_",
     "relu_", "sigmoid_", "clamp_", "clamp_min_", "__getitem__", "__setitem__", "item", "tolist", "numel",
+})
+
+#: functions of other libraries (by module and name) that run no counted aten op
+ZERO_QUALNAMES = frozenset({
+    ("torchvision.ops.stochastic_depth", "stochastic_depth"),   # bernoulli and mul (identity in eval)
+    ("torchvision.models.swin_transformer", "_patch_merging_pad"),       # pad, slices, cat
+    ("torchvision.models.swin_transformer", "_get_relative_position_bias"),   # indexing, permute
 })
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -138,6 +146,21 @@ def _matmul(a, b):
     return lambda out: bmm(torch.Size((batch, a[-2], a[-1])), torch.Size((batch, b[-2], b[-1])))
 
 
+_KNOWN_MODULES = ZERO_MODULES | set(_CONV) | set(_CONV_T) | {nn.Linear}
+_KIND: dict[type, type | None] = {}
+
+
+def module_kind(m: nn.Module) -> type | None:
+    """The known module class ``m`` computes as: its own class, or a base class of it whose forward
+    (and, for convolutions, ``_conv_forward``) the subclass does not override (torchvision's
+    Conv3DSimple is an nn.Conv3d); None if neither."""
+    cls = type(m)
+    if cls not in _KIND:
+        _KIND[cls] = next((base for base in cls.__mro__ if base in _KNOWN_MODULES and cls.forward is base.forward
+                           and getattr(cls, "_conv_forward", None) is getattr(base, "_conv_forward", None)), None)
+    return _KIND[cls]
+
+
 def formula(node: fx.Node, modules: dict):
     """How to count ``node``'s FLOPs from shapes, decided before it runs (its inputs have their
     tensor_meta): a function of its output (a tensor or its tensor_meta) giving the FLOPs, 0 for an op
@@ -147,7 +170,7 @@ def formula(node: fx.Node, modules: dict):
         return 0
     if op == "call_module":
         m = modules.get(target)
-        kind = type(m)
+        kind = module_kind(m)
         if kind in ZERO_MODULES:
             return 0
         x = _shape(_arg(node, 0, "input"))
@@ -157,7 +180,8 @@ def formula(node: fx.Node, modules: dict):
             return _linear(x, tuple(m.weight.shape))
         return None
     if op == "call_function":
-        if target in ZERO_FUNCTIONS:
+        if target in ZERO_FUNCTIONS or (getattr(target, "__module__", None), getattr(target, "__name__", None)) \
+                in ZERO_QUALNAMES:
             return 0
         if target is F.linear:
             return _linear(_shape(_arg(node, 0, "input")), _shape(_arg(node, 1, "weight")))

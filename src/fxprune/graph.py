@@ -231,13 +231,18 @@ class RealShapeProp(ShapeProp):
         self.requires_grad = requires_grad or {}
         self._by_name = dict(gm.named_modules())
         self._fakes: FakeShapeProp | None = None
+        self._counted: dict[str, int] = {}   # signature of a node run alone -> its FLOPs
 
     def run_node(self, n):
         count = formula(n, self._by_name)
         if count is None:
-            if self._fakes is None:
-                self._fakes = FakeShapeProp(self.module)
-            self.flops += self._fakes.node_flops(n, self.env, lambda a: grad_flags_of(a.meta.get("tensor_meta")))
+            key = self._signature(n)
+            if key not in self._counted:   # a transformer's layers are alike: each kind runs once
+                if self._fakes is None:
+                    self._fakes = FakeShapeProp(self.module)
+                self._counted[key] = self._fakes.node_flops(
+                    n, self.env, lambda a: grad_flags_of(a.meta.get("tensor_meta")))
+            self.flops += self._counted[key]
         out = super().run_node(n)
         if count is not None and not isinstance(count, int):
             self.flops += int(count(out.shape))
@@ -249,6 +254,24 @@ class RealShapeProp(ShapeProp):
             n.meta["tensor_meta"] = _set_grad(meta, flags)
         return out
 
+    def _signature(self, n: fx.Node) -> str:
+        """What the FLOPs of ``n`` run alone depend on: its op and target (for a module: its class, its
+        plain attributes and its tensors' shapes, submodules included), and its arguments (tensors by
+        shape, stride, dtype and requires_grad flags)."""
+        def arg(a):
+            value, flags = self.env[a], grad_flags_of(a.meta.get("tensor_meta"))
+            return _describe(value), flags
+
+        if n.op == "call_module":
+            module = self._by_name[n.target]
+            target = [(type(m).__module__, type(m).__qualname__, sorted(
+                (k, v) for k, v in vars(m).items() if isinstance(v, (int, float, bool, str, tuple, type(None)))))
+                for m in module.modules()]
+            target.append([(k, _describe(t)) for k, t in (*module.named_parameters(), *module.named_buffers())])
+        else:
+            target = (getattr(n.target, "__module__", None), getattr(n.target, "__qualname__", repr(n.target)))
+        return repr((n.op, target, fx.node.map_arg((n.args, n.kwargs), arg)))
+
     def _reads_grad(self, n: fx.Node) -> bool:
         """Would ``n``'s floating outputs require grad with grad enabled: does a tensor it reads?"""
         if n.op == "call_method" and n.target == "detach":
@@ -257,6 +280,17 @@ class RealShapeProp(ShapeProp):
         if n.op == "call_module":
             reads = reads or any(p.requires_grad for p in self._by_name[n.target].parameters())
         return reads
+
+
+def _describe(value):
+    """A tensor by its shape, stride, dtype and device; containers item by item; other values as they are."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.stride(), str(value.dtype), str(value.device))
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__, [_describe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    return value
 
 
 def grad_flags_of(meta):
