@@ -77,3 +77,38 @@ def test_peak_memory_of_prune_within_bound(verify):
     assert r["pruned"] < 0.5 * r["weights"]
     assert ratio <= BOUND, (f"peak memory of prune() above the model: {r['extra'] / 2**20:.0f} MiB = {ratio:.2f}x "
                             f"the weights ({r['weights'] / 2**20:.0f} MiB); bound {BOUND}x")
+
+
+def test_a_tied_tensor_sliced_two_ways_is_baked_whole():
+    """The caller's tensors are not baked; only entries the rewrite keeps are. A tensor held twice (an
+    embedding tied to a head that reads another group's channels through it) is sliced one way by each
+    holder, so it is baked whole, as before: the guard stays silent. (apply_masks' masked model, whose
+    parametrization masks only the embedding's read of the tensor, differs here, as it did before.)"""
+    import warnings
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    import fxprune
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.mid = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 20, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, t):
+            return self.head(F.relu(self.mid(self.emb(t))))
+
+    torch.manual_seed(0)
+    model = Tied().eval()
+    inputs = (torch.randint(0, 20, (2, 5)),)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pruned = fxprune.prune(model, inputs, sparsity=0.5)
+    assert pruned.meta["fxprune"].exact
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

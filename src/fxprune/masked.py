@@ -85,11 +85,17 @@ def _has_custom_mask(rule) -> bool:
 
 def bake_entries(gm: fx.GraphModule, plan: Plan, prune_bias: bool) -> list[tuple[torch.Tensor, torch.Tensor, int, bool]]:
     """The multiplications that bake the plan's masks into ``gm``'s tensors, in order: (tensor, keep
-    along ``axis``, axis, whether a masked entry is kept by the rewrite, i.e. masked but not removed).
+    along ``axis``, axis, whether a masked entry may be kept by the rewrite: masked but not removed, or
+    a tensor held in several places).
     Modules and function ops whose rule masks them another way (a LayerNorm over kept channels) have none.
     """
     out = []
     nodes = {n.name: n for n in gm.graph.nodes}
+    # a tensor held in several places (tied embeddings) may be sliced another way by another reader
+    # (kept columns that this site removes): always baked whole
+    held: dict[int, int] = {}
+    for _, t in (*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)):
+        held[id(t)] = held.get(id(t), 0) + 1
     for owner, sites in _sites_by_owner(plan).items():
         rule = sites[0].rule
         if owner in nodes and hasattr(rule, "masked_node"):  # a function op with a masked variant
@@ -100,8 +106,9 @@ def bake_entries(gm: fx.GraphModule, plan: Plan, prune_bias: bool) -> list[tuple
             if prune_bias and s.zeroed:
                 name, dim = s.param_dim()
                 keep = plan.site_keep(s, for_removal=False)
-                stays = bool((~keep & plan.site_keep(s)).any())
-                out.append((attr(gm, f"{owner}.{name}" if owner else name), keep, dim, stays))
+                t = attr(gm, f"{owner}.{name}" if owner else name)
+                stays = bool((~keep & plan.site_keep(s)).any()) or held.get(id(t), 0) > 1
+                out.append((t, keep, dim, stays))
         if not sites:
             continue
         try:
@@ -126,7 +133,7 @@ def bake_entries(gm: fx.GraphModule, plan: Plan, prune_bias: bool) -> list[tuple
                 t = attr(module, pname)
                 rows = _rows(keep, gates, t.shape[axis], s.kind)
                 if not bool(rows.all()):
-                    out.append((t, rows, axis, stays))
+                    out.append((t, rows, axis, stays or held.get(id(t), 0) > 1))
     return out
 
 
