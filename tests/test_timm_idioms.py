@@ -115,7 +115,7 @@ class WindowBias(nn.Module):
     def forward(self, x):
         b, t, d = x.shape
         q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.table[self.index].view(self.n, self.n, -1).permute(2, 0, 1).unsqueeze(0)
+        bias = self.table[self.index].view(self.n, self.n, self.heads).permute(2, 0, 1).unsqueeze(0)   # literal heads
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias + self.shift)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
 

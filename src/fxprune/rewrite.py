@@ -12,7 +12,7 @@ import math
 import torch
 import torch.fx as fx
 
-from .channels import ChannelMap
+from .channels import ChannelMap, ParamView
 from .graph import float_dtypes
 from .masks import Plan
 from .rules import call_rule
@@ -40,6 +40,11 @@ class RewriteContext:
         if shape is None:
             return None
         sizes = list(shape)
+        view = self.labels.get(node.name)
+        if isinstance(view, ParamView) and len(view.dims) == len(sizes):  # a view of a sliced parameter
+            for d in range(len(sizes)):
+                keep = self._param_keep(view, d)
+                sizes[d] = sizes[d] if keep is None else int(keep.sum())
         if cmap is None:
             return sizes
         kept = self._kept(cmap)
@@ -47,8 +52,21 @@ class RewriteContext:
             sizes[d] = int(_along(kept, axis).sum())
         return sizes
 
+    def _param_keep(self, view: ParamView, dim: int) -> torch.Tensor | None:
+        """Bool per position of dim ``dim`` of a view of a parameter: does it survive the slicing of that
+        parameter? None where the parameter is not sliced."""
+        p = view.param_dim(dim)
+        if p is None:
+            return None
+        owner, _, name = view.target.rpartition(".")
+        site = self.analysis.sites.get((owner, f"{name}:dim{p}"))
+        return None if site is None else self.plan.site_keep(site)
+
     def kept_along(self, node: fx.Node, dim: int) -> torch.Tensor | None:
         """Bool per position of ``node``'s dim ``dim``: does it survive? None if the dim holds no channels."""
+        view = self.labels.get(node.name)
+        if isinstance(view, ParamView):
+            return self._param_keep(view, dim)
         cmap, _ = self._map_and_shape(node)
         if cmap is None or dim not in cmap.dims:
             return None
