@@ -374,3 +374,18 @@ def test_dump_and_find_patterns_of_programs_and_models(tmp_path):
     groups = fxprune.find_patterns(model, example_kwargs=kwargs)
     mlp = [g for g in groups if g["pattern"] == "linear-gelu-linear"]
     assert len(mlp) == 2 and all(g["width"] == 128 and g["prunable"] == 128 for g in mlp)
+
+
+def test_core_aten_program():
+    """A program after run_decompositions() (core ATen: native_layer_norm, addmm on permuted weights,
+    attention written out) prunes exactly; its heads stay (the decomposed attention merges batch and
+    heads into one dim), the MLPs and the hidden stream are pruned."""
+    model, kwargs, ep = _case("bert")
+    core = ep.run_decompositions()
+    pruned = fxprune.prune(core, sparsity=0.5)
+    report = pruned.graph_module.meta["fxprune"]
+    assert report.exact and report.params_after < 0.8 * report.params_before
+    masked = fxprune.apply_masks(core, masks=report.masks)
+    x = hf_models.inputs("bert", seed=8, batch=3, seq=10)
+    with torch.no_grad():
+        assert _compare(report, masked(**x), pruned.module()(**x)) <= RTOL

@@ -47,6 +47,8 @@ _SAME_ARGS = {
     aten.avg_pool1d.default: F.avg_pool1d, aten.avg_pool2d.default: F.avg_pool2d, aten.avg_pool3d.default: F.avg_pool3d,
     aten.max_pool1d.default: F.max_pool1d, aten.max_pool2d.default: F.max_pool2d, aten.max_pool3d.default: F.max_pool3d,
     aten.pad.default: F.pad, aten.rms_norm.default: F.rms_norm,
+    aten.full_like.default: torch.full_like, aten.zeros_like.default: torch.zeros_like,
+    aten.ones_like.default: torch.ones_like,
     aten.pixel_shuffle.default: F.pixel_shuffle, aten.pixel_unshuffle.default: F.pixel_unshuffle,
     aten.channel_shuffle.default: F.channel_shuffle,
 }
@@ -227,16 +229,22 @@ def lowered_call(node: fx.Node):
     return None
 
 
-def _native_batch_norm(graph: fx.Graph, node: fx.Node) -> bool:
-    """``_native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps)[0]`` is F.batch_norm in
-    eval mode; the statistics it also returns are unused in inference graphs."""
+def _first_output(graph: fx.Graph, node: fx.Node) -> bool:
+    """An op that returns (out, statistics...) whose statistics are unused in inference graphs:
+    ``_native_batch_norm_legit_no_training(x, w, b, mean, var, momentum, eps)[0]`` is F.batch_norm in
+    eval mode, ``native_layer_norm(x, shape, w, b, eps)[0]`` is F.layer_norm."""
     users = list(node.users)
     if not all(u.target is operator.getitem and u.args[1] == 0 for u in users):
         return False
-    x, w, b, mean, var, momentum, eps = (_arg(node, i, k) for i, k in enumerate(
-        ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps")))
+    if node.target is aten.native_layer_norm.default:
+        call = (F.layer_norm, tuple(_arg(node, i, k) for i, k in enumerate(
+            ("input", "normalized_shape", "weight", "bias", "eps"))))
+    else:
+        x, w, b, mean, var, momentum, eps = (_arg(node, i, k) for i, k in enumerate(
+            ("input", "weight", "bias", "running_mean", "running_var", "momentum", "eps")))
+        call = (F.batch_norm, (x, mean, var, w, b, False, momentum, eps))
     with graph.inserting_before(node):
-        new = graph.call_function(F.batch_norm, (x, mean, var, w, b, False, momentum, eps))
+        new = graph.call_function(*call)
     new.meta = dict(node.meta)
     for u in users:
         u.replace_all_uses_with(new)
@@ -317,8 +325,8 @@ def lower_aten(gm: fx.GraphModule) -> fx.GraphModule:
         elif node.target in _PASS_THROUGH:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
-        elif node.target is aten._native_batch_norm_legit_no_training.default:
-            _native_batch_norm(graph, node)
+        elif node.target in (aten._native_batch_norm_legit_no_training.default, aten.native_layer_norm.default):
+            _first_output(graph, node)
         else:
             found = lowered_call(node)
             if found is None:

@@ -54,7 +54,8 @@ class PoolRule(Rule):
         return m
 
 
-@register(torch.mean, torch.sum, torch.amax, torch.amin, "mean", "sum", "amax", "amin")
+@register(torch.mean, torch.sum, torch.amax, torch.amin, torch.any, torch.all, "mean", "sum", "amax", "amin",
+          "any", "all")
 class ReduceRule(Rule):
     """Reductions. Over dims without channels (global average pooling as x.mean([2, 3])) channels pass.
     A sum or mean over every channel dim (RMSNorm's ``x.pow(2).mean(-1)``) reads the channels: pruned

@@ -29,6 +29,25 @@ class IdentityRule(Rule):
         return m
 
 
+@register(torch.full_like, torch.zeros_like, torch.ones_like)
+class FilledLikeRule(Rule):
+    """A tensor of one value shaped like its input (the NaN guard of decomposed attention,
+    ``where(fully_masked, full_like(p, 0), p)``): the input's channel layout, every channel that value
+    (its shape follows the pruned input)."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        name = ctx.node.target.__name__
+        value = 0 if name == "zeros_like" else 1 if name == "ones_like" else ctx.arg(1, "fill_value")
+        carry = ZERO if value == 0 else CONST
+        return cmap.with_carry(torch.full_like(cmap.carry, carry))
+
+    def rewrite(self, m, keep, fold):
+        return m
+
+
 @register(nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
           F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout)
 class DropoutRule(Rule):
