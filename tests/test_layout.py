@@ -25,7 +25,7 @@ ROOT = os.path.dirname(fxprune.__file__)
 
 # bottom to top: the pipeline's stages in order, the public API and the command line on top
 LAYERS = [
-    ("fxprune.graph", "fxprune.channels", "fxprune.examples"),
+    ("fxprune.timing", "fxprune.flops", "fxprune.graph", "fxprune.channels", "fxprune.examples"),
     ("fxprune.rules.*", "fxprune.rules"),
     ("fxprune.capture.*", "fxprune.capture"),
     ("fxprune.analysis.*", "fxprune.analysis"),

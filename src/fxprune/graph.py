@@ -1,6 +1,6 @@
 """Graph utilities every stage uses: attribute paths, inputs, private copies, fake-tensor shapes.
 
-The bottom of the package: it imports nothing of fxprune.
+The bottom of the package: it imports nothing of fxprune but the FLOP formulas.
 """
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import torch.fx as fx
 import torch.nn as nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.func import functional_call
-from torch.fx.passes.shape_prop import ShapeProp
+from torch._dispatch.python import enable_python_dispatcher
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.utils import parametrize
+from torch.utils.flop_counter import FlopCounterMode
+
+from .flops import formula
 
 #: node.meta key on the nodes a masked model adds (keep buffers and their multiplications), so that
 #: pruning a masked model can take them out again
@@ -59,27 +63,48 @@ def float_dtypes(module: nn.Module) -> dict[str, torch.dtype]:
             if t.is_floating_point()}
 
 
+def _held_non_leaves(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Detached copies of the non-leaf tensors (which deepcopy refuses) that modules hold as plain
+    attributes: torch.nn.utils.prune's weight = orig * mask, recurrent modules' cached _flat_weights."""
+    memo = {}
+    for m in model.modules():
+        held = [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        held += [t for t in getattr(m, "_flat_weights", None) or () if isinstance(t, torch.Tensor)]
+        for t in held:
+            if t.grad_fn is not None:
+                memo[id(t)] = t.detach().clone()
+    return memo
+
+
 def private_copy(model: nn.Module) -> nn.Module:
     """copy.deepcopy that leaves the original alone whatever is done to the copy.
 
     Parametrized modules get a class of their own: a deep copy shares torch's injected Parametrized*
     class, and adding or removing a parametrization edits that class. Non-leaf tensors (which
     deepcopy refuses) held by modules are copied detached."""
-    memo = {}
-    for m in model.modules():
-        # non-leaf tensors held as plain attributes: torch.nn.utils.prune's weight = orig * mask,
-        # recurrent modules' cached _flat_weights
-        held = [v for v in vars(m).values() if isinstance(v, torch.Tensor)]
-        held += [t for t in getattr(m, "_flat_weights", None) or () if isinstance(t, torch.Tensor)]
-        for t in held:
-            if t.grad_fn is not None:
-                memo[id(t)] = t.detach().clone()
-    new = copy.deepcopy(model, memo)
+    new = copy.deepcopy(model, _held_non_leaves(model))
     for m in new.modules():
         if parametrize.is_parametrized(m):
             cls = type(m)
             m.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     return new
+
+
+def shared_copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy of ``model`` that shares its parameters (the same Parameter objects); buffers and
+    everything else are copied. For a pipeline that never writes into a parameter, only replaces it
+    (the rewrite slices into new tensors; baking multiplies into new ones): the caller's model stays
+    as it was without a copy of every weight. What still shares a parameter at the end is copied then
+    (see fxprune.pipeline). Not for a parametrized model (:func:`private_copy`).
+
+    Example::
+
+        own = shared_copy(model)
+        own.fc.weight is model.fc.weight        # True; own.bn.running_mean is a copy
+    """
+    memo = _held_non_leaves(model)
+    memo.update({id(p): p for p in model.parameters()})
+    return copy.deepcopy(model, memo)
 
 
 class FakeShapeProp(ShapeProp):
@@ -91,28 +116,42 @@ class FakeShapeProp(ShapeProp):
     returns; the module itself keeps its real tensors, which rules read. Buffers are restored
     afterwards in case an op with only real inputs ran for real.
 
+    ``count_flops``: ``self.flops`` becomes the FLOPs FlopCounterMode would count over the run, from
+    each node's shapes (:mod:`fxprune.flops`); only nodes without a formula run under the counter.
+
     Example::
 
         FakeShapeProp(gm).propagate(x)      # node.meta["tensor_meta"] as with ShapeProp
     """
 
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, count_flops: bool = False):
         super().__init__(gm)  # no fake mode active here: ShapeProp makes no fake copy
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         self._fakes: dict[int, torch.Tensor] = {}   # id(real tensor) -> its fake twin
         # made here, outside the fake and FLOP-counting modes that propagate() runs under
         for t in (*gm.parameters(), *gm.buffers()):
             self._fake(t)
+        self.count_flops, self.flops = count_flops, 0
+        self._by_name = dict(gm.named_modules()) if count_flops else {}
 
     def _fake(self, t):
         if not isinstance(t, torch.Tensor) or isinstance(t, FakeTensor):
             return t
         fake = self._fakes.get(id(t))
         if fake is None:  # same metadata on the meta device, no data (10x cheaper than from_tensor)
-            meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-            fake = FakeTensor(self.fake_mode, meta, t.device)
-            self._fakes[id(t)] = fake.requires_grad_(t.requires_grad)
+            fake = self._twin(t)
+            self._fakes[id(t)] = fake
         return fake
+
+    def _twin(self, t):
+        """A fake tensor with ``t``'s metadata (parameters and buffers: their cached twins)."""
+        if not isinstance(t, torch.Tensor) or isinstance(t, FakeTensor):
+            return t
+        fake = self._fakes.get(id(t))
+        if fake is not None:
+            return fake
+        meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+        return FakeTensor(self.fake_mode, meta, t.device).requires_grad_(t.requires_grad)
 
     def get_attr(self, target, args, kwargs):
         return self._fake(super().get_attr(target, args, kwargs))
@@ -123,6 +162,43 @@ class FakeShapeProp(ShapeProp):
                  [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
         return functional_call(module, state, args, kwargs)
 
+    def run_node(self, n):
+        if not self.count_flops:
+            return super().run_node(n)
+        count = formula(n, self._by_name)
+        if count is None:
+            with FlopCounterMode(display=False) as counter:
+                out = super().run_node(n)
+            self.flops += counter.get_total_flops()
+            return out
+        out = super().run_node(n)
+        if not isinstance(count, int):
+            self.flops += int(count(out.shape))
+        return out
+
+    def node_flops(self, n: fx.Node, env: dict, requires_grad) -> int:
+        """FLOPs FlopCounterMode counts for node ``n`` run alone, with grad enabled, on fake twins of
+        its inputs' real values ``env[input node]``, as :meth:`run_node` would run it.
+        ``requires_grad(input node)``: the flags (:func:`grad_flags_of`) its twins take (with grad
+        enabled an LSTM runs other kernels than without)."""
+        def twin(value, flags):
+            if isinstance(value, torch.Tensor):
+                fake = self._twin(value)
+                if flags is True and not fake.requires_grad:   # a non-leaf, as in a run with grad
+                    with self.fake_mode, torch.enable_grad():
+                        fake = fake.detach().requires_grad_(True).clone()
+                return fake
+            if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+                return type(value)(twin(v, flags[i] if isinstance(flags, (tuple, list)) else None)
+                                   for i, v in enumerate(value))
+            return value
+
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: twin(env[a], requires_grad(a)))
+        with FlopCounterMode(display=False) as counter:
+            with self.fake_mode, enable_python_dispatcher(), torch.enable_grad():
+                getattr(self, n.op)(n.target, args, kwargs)
+        return counter.get_total_flops()
+
     def propagate(self, *args):
         saved = [(b, b.detach().clone()) for b in self.module.buffers()]
         try:
@@ -131,3 +207,141 @@ class FakeShapeProp(ShapeProp):
             with torch.no_grad():
                 for b, v in saved:
                     b.copy_(v)
+
+
+class RealShapeProp(ShapeProp):
+    """torch's ShapeProp on real tensors: the model's output, every node's tensor_meta, and in
+    ``self.flops`` the FLOPs :class:`FakeShapeProp` counts with ``count_flops`` (each node from its
+    shapes; a node without a formula run alone on fake twins of its inputs). For a model that runs
+    anyway (verification, under no_grad): its shapes and FLOPs come with that run.
+
+    ``requires_grad``: node name -> the requires_grad flags of its tensor_meta from a propagation with
+    grad enabled (:func:`grad_flags`, taken before a rewrite): the metadata says what such a
+    propagation says, not what the no_grad run saw; a node without flags (new, or of another
+    structure) requires grad when a tensor it reads does.
+
+    Example::
+
+        out = RealShapeProp(pruned).propagate(x)   # pruned(x), and node.meta["tensor_meta"]
+    """
+
+    def __init__(self, gm: fx.GraphModule, requires_grad: dict | None = None):
+        super().__init__(gm)
+        self.flops = 0
+        self.requires_grad = requires_grad or {}
+        self._by_name = dict(gm.named_modules())
+        self._fakes: FakeShapeProp | None = None
+        self._counted: dict[str, int] = {}   # signature of a node run alone -> its FLOPs
+
+    def run_node(self, n):
+        count = formula(n, self._by_name)
+        if count is None:
+            key = self._signature(n)
+            if key not in self._counted:   # a transformer's layers are alike: each kind runs once
+                if self._fakes is None:
+                    self._fakes = FakeShapeProp(self.module)
+                self._counted[key] = self._fakes.node_flops(
+                    n, self.env, lambda a: grad_flags_of(a.meta.get("tensor_meta")))
+            self.flops += self._counted[key]
+        out = super().run_node(n)
+        if count is not None and not isinstance(count, int):
+            self.flops += int(count(out.shape))
+        meta = n.meta.get("tensor_meta")
+        if meta is not None and n.op not in ("placeholder", "get_attr"):
+            flags = self.requires_grad.get(n.name)
+            if _structure(flags) != _structure(grad_flags_of(meta)):
+                flags = self._reads_grad(n)
+            n.meta["tensor_meta"] = _set_grad(meta, flags)
+        return out
+
+    def _signature(self, n: fx.Node) -> str:
+        """What the FLOPs of ``n`` run alone depend on: its op and target (for a module: its class, its
+        plain attributes and its tensors' shapes, submodules included), and its arguments (tensors by
+        shape, stride, dtype and requires_grad flags)."""
+        def arg(a):
+            value, flags = self.env[a], grad_flags_of(a.meta.get("tensor_meta"))
+            return _describe(value), flags
+
+        if n.op == "call_module":
+            module = self._by_name[n.target]
+            target = [(type(m).__module__, type(m).__qualname__, sorted(
+                (k, v) for k, v in vars(m).items() if isinstance(v, (int, float, bool, str, tuple, type(None)))))
+                for m in module.modules()]
+            target.append([(k, _describe(t)) for k, t in (*module.named_parameters(), *module.named_buffers())])
+        else:
+            target = (getattr(n.target, "__module__", None), getattr(n.target, "__qualname__", repr(n.target)))
+        return repr((n.op, target, fx.node.map_arg((n.args, n.kwargs), arg)))
+
+    def _reads_grad(self, n: fx.Node) -> bool:
+        """Would ``n``'s floating outputs require grad with grad enabled: does a tensor it reads?"""
+        if n.op == "call_method" and n.target == "detach":
+            return False
+        reads = any(any_grad(grad_flags_of(a.meta.get("tensor_meta"))) for a in n.all_input_nodes)
+        if n.op == "call_module":
+            reads = reads or any(p.requires_grad for p in self._by_name[n.target].parameters())
+        return reads
+
+
+def _describe(value):
+    """A tensor by its shape, stride, dtype and device; containers item by item; other values as they are."""
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape), value.stride(), str(value.dtype), str(value.device))
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__, [_describe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _describe(v) for k, v in value.items()}
+    return value
+
+
+def grad_flags_of(meta):
+    """The requires_grad flags of a (nested) tensor_meta, in its structure (None where no tensor)."""
+    if isinstance(meta, TensorMetadata):
+        return meta.requires_grad
+    if isinstance(meta, (tuple, list)):
+        return type(meta)(grad_flags_of(m) for m in meta) if not hasattr(meta, "_fields") else \
+            type(meta)(*(grad_flags_of(m) for m in meta))
+    if isinstance(meta, dict):
+        return {k: grad_flags_of(v) for k, v in meta.items()}
+    return None
+
+
+def grad_flags(gm: fx.GraphModule) -> dict:
+    """node name -> :func:`grad_flags_of` its tensor_meta, for :class:`RealShapeProp`."""
+    return {n.name: grad_flags_of(n.meta["tensor_meta"]) for n in gm.graph.nodes if "tensor_meta" in n.meta}
+
+
+def any_grad(flags) -> bool:
+    if isinstance(flags, bool):
+        return flags
+    if isinstance(flags, dict):
+        return any(any_grad(v) for v in flags.values())
+    if isinstance(flags, (tuple, list)):
+        return any(any_grad(v) for v in flags)
+    return False
+
+
+def _structure(flags):
+    """``flags`` with every flag replaced by True: two metadata of the same structure compare equal."""
+    if isinstance(flags, bool):
+        return True
+    if isinstance(flags, dict):
+        return {k: _structure(v) for k, v in flags.items()}
+    if isinstance(flags, (tuple, list)):
+        return [_structure(v) for v in flags]
+    return flags
+
+
+def _set_grad(meta, flags):
+    """``meta`` with requires_grad from ``flags`` (its structure), or ``flags`` itself for a bool with
+    only floating tensors taking it (integer and bool tensors never require grad)."""
+    if isinstance(meta, TensorMetadata):
+        if not isinstance(flags, bool):
+            return meta
+        return meta._replace(requires_grad=flags and (meta.dtype.is_floating_point or meta.dtype.is_complex))
+    pick = (lambda i, k: flags[k]) if isinstance(flags, (tuple, list, dict)) else (lambda i, k: flags)
+    if isinstance(meta, dict):
+        return {k: _set_grad(v, pick(None, k)) for k, v in meta.items()}
+    if isinstance(meta, (tuple, list)):
+        items = [_set_grad(v, pick(None, i)) for i, v in enumerate(meta)]
+        return type(meta)(*items) if hasattr(meta, "_fields") else type(meta)(items)
+    return meta

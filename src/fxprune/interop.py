@@ -34,6 +34,24 @@ def take_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return masks
 
 
+def carries_masks(model: nn.Module) -> bool:
+    """Whether ``model`` holds mask machinery that :func:`take_masks` would take out (parametrizations,
+    torch.ao's bias hooks, torch.nn.utils.prune's hooks, masked LayerNorms, a masked graph's keep
+    buffers): such a model is captured from a full private copy, which take_masks then edits."""
+    for mod in model.modules():
+        if parametrize.is_parametrized(mod) or isinstance(mod, MaskedLayerNorm):
+            return True
+        if isinstance(getattr(mod, "_bias", None), torch.Tensor):
+            return True
+        if any(isinstance(h, BiasHook) for h in mod._forward_hooks.values()):
+            return True
+        if any(isinstance(h, nn_prune.BasePruningMethod) for h in mod._forward_pre_hooks.values()):
+            return True
+    if isinstance(model, fx.GraphModule):
+        return any(RESTORE_TAG in n.meta or MASK_TAG in n.meta for n in model.graph.nodes)
+    return False
+
+
 def _unparametrize(mod: nn.Module, names: list[str]) -> None:
     """Drop the parametrizations ``names`` of ``mod`` (in a :func:`private_copy`, whose class is its
     own), restoring the original tensors."""

@@ -12,6 +12,7 @@ import copy
 
 import torch
 import torch.fx as fx
+import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from .graph import MASK_TAG, ROWS_TAG, attr, owner_of, private_copy
@@ -82,26 +83,148 @@ def _has_custom_mask(rule) -> bool:
     return type(rule).masked is not Rule.masked
 
 
-def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = False) -> fx.GraphModule:
-    """The captured ``gm`` with the plan's masks in force.
-
-    ``bake=False``: a copy with masks as parametrizations (the masked model users train).
-    ``bake=True``: masked weights written into ``gm``'s own parameters (gm is the pipeline's private
-    copy), the input of the rewrite.
+def bake_entries(gm: fx.GraphModule, plan: Plan, prune_bias: bool) -> list[tuple[torch.Tensor, torch.Tensor, int, bool]]:
+    """The multiplications that bake the plan's masks into ``gm``'s tensors, in order: (tensor, keep
+    along ``axis``, axis, whether a masked entry may be kept by the rewrite: masked but not removed, or
+    a tensor held in several places).
+    Modules and function ops whose rule masks them another way (a LayerNorm over kept channels) have none.
     """
-    new = gm if bake else private_copy(gm)
-    nodes = {n.name: n for n in new.graph.nodes}
+    out = []
+    nodes = {n.name: n for n in gm.graph.nodes}
+    # a tensor held in several places (tied embeddings) may be sliced another way by another reader
+    # (kept columns that this site removes): always baked whole
+    held: dict[int, int] = {}
+    for _, t in (*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)):
+        held[id(t)] = held.get(id(t), 0) + 1
     for owner, sites in _sites_by_owner(plan).items():
         rule = sites[0].rule
         if owner in nodes and hasattr(rule, "masked_node"):  # a function op with a masked variant
-            if not bake:
-                rule.masked_node(new, nodes[owner], {s.role: plan.site_keep(s) for s in sites}, prune_bias)
             continue
         params = [s for s in sites if s.kind == "param"]
         sites = [s for s in sites if s.kind != "param"]
         for s in params:
             if prune_bias and s.zeroed:
-                _mask_param(new, owner, s, plan.site_keep(s, for_removal=False), bake)
+                name, dim = s.param_dim()
+                keep = plan.site_keep(s, for_removal=False)
+                t = attr(gm, f"{owner}.{name}" if owner else name)
+                stays = bool((~keep & plan.site_keep(s)).any()) or held.get(id(t), 0) > 1
+                out.append((t, keep, dim, stays))
+        if not sites:
+            continue
+        try:
+            module = gm.get_submodule(owner)
+        except AttributeError:
+            continue  # a function op: nothing to mask
+        if _has_custom_mask(sites[0].rule):
+            continue
+        for s in sites:
+            if s.kind == "producer":
+                names = dict(s.tensors)
+                if prune_bias:
+                    names.update(s.biases)
+            elif s.kind == "member" and prune_bias:
+                names = {p: 1 for p in s.zeroed}
+            else:
+                continue
+            keep = plan.site_keep(s, for_removal=False)
+            stays = bool((~keep & plan.site_keep(s)).any())
+            for pname, gates in names.items():
+                axis = s.axes.get(pname, 0)
+                t = attr(module, pname)
+                rows = _rows(keep, gates, t.shape[axis], s.kind)
+                if not bool(rows.all()):
+                    out.append((t, rows, axis, stays or held.get(id(t), 0) > 1))
+    return out
+
+
+def masked_value(t: torch.Tensor, keep: torch.Tensor, axis: int) -> torch.Tensor:
+    """``t`` with the entries where ``keep`` (along ``axis``) is False multiplied by zero: what baking
+    writes into it."""
+    shape = [1] * t.dim()
+    shape[axis] = -1
+    return t * keep.reshape(shape).to(t.dtype)
+
+
+def masked_tensors(entries) -> dict[int, tuple[torch.Tensor, list]]:
+    """id(tensor) -> (tensor, [(keep, axis), ...]) of :func:`bake_entries`: for running the masked model
+    on the unbaked tensors (each masked where it is read, as baking would have left it)."""
+    out: dict[int, tuple[torch.Tensor, list]] = {}
+    for t, keep, axis, _ in entries:
+        out.setdefault(id(t), (t, []))[1].append((keep, axis))
+    return out
+
+
+def bake_kept(gm: fx.GraphModule, entries) -> None:
+    """Bake only what the rewrite keeps masked (a unit masked but not removed), into new tensors that
+    replace the old ones wherever ``gm`` holds them: entries that are removed are sliced away anyway,
+    so no tensor of the caller's model (which ``gm`` may share) is written or copied for them."""
+    todo = masked_tensors([e for e in entries if e[3]])
+    if not todo:
+        return
+    new = {}
+    with torch.no_grad():
+        for key, (t, masks) in todo.items():
+            for keep, axis in masks:
+                t = masked_value(t, keep, axis)
+            new[key] = t
+    replace_tensors(gm, lambda old: new.get(id(old)))
+
+
+def replace_tensors(gm: nn.Module, new_of) -> None:
+    """Replace each tensor ``t`` that a module of ``gm`` holds (parameter, buffer or plain attribute) by
+    ``new_of(t)`` unless that is None; a parameter stays a parameter, and a tensor held in several
+    places is replaced by one new tensor everywhere (ties stay ties)."""
+    made: dict[int, torch.Tensor] = {}
+
+    def new(old):
+        if id(old) not in made:
+            value = new_of(old)
+            if value is not None and isinstance(old, nn.Parameter) and not isinstance(value, nn.Parameter):
+                value = nn.Parameter(value, requires_grad=old.requires_grad)
+            made[id(old)] = value
+        return made[id(old)]
+
+    for mod in gm.modules():
+        changed = False
+        for table in (mod._parameters, mod._buffers):
+            for name, old in list(table.items()):
+                if old is not None and new(old) is not None:
+                    table[name], changed = new(old), True
+        for name, old in list(vars(mod).items()):
+            if isinstance(old, torch.Tensor) and new(old) is not None:
+                setattr(mod, name, new(old))
+                changed = True
+        if changed and hasattr(mod, "_init_flat_weights"):
+            mod._init_flat_weights()  # recurrent modules cache their weights
+
+
+def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = False) -> fx.GraphModule:
+    """The captured ``gm`` with the plan's masks in force.
+
+    ``bake=False``: a copy with masks as parametrizations (the masked model users train).
+    ``bake=True``: masked weights written into ``gm``'s own parameters, in place (:func:`bake_entries`).
+    """
+    if bake:
+        with torch.no_grad():
+            for t, keep, axis, _ in bake_entries(gm, plan, prune_bias):
+                shape = [1] * t.dim()
+                shape[axis] = -1
+                t.mul_(keep.reshape(shape).to(t.dtype))
+        gm.graph.lint()
+        gm.recompile()
+        return gm
+    new = private_copy(gm)
+    nodes = {n.name: n for n in new.graph.nodes}
+    for owner, sites in _sites_by_owner(plan).items():
+        rule = sites[0].rule
+        if owner in nodes and hasattr(rule, "masked_node"):  # a function op with a masked variant
+            rule.masked_node(new, nodes[owner], {s.role: plan.site_keep(s) for s in sites}, prune_bias)
+            continue
+        params = [s for s in sites if s.kind == "param"]
+        sites = [s for s in sites if s.kind != "param"]
+        for s in params:
+            if prune_bias and s.zeroed:
+                _mask_param(new, owner, s, plan.site_keep(s, for_removal=False), bake=False)
         if not sites:
             continue
         try:
@@ -110,9 +233,8 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
             continue  # a function op: nothing to mask
         rule = sites[0].rule
         if _has_custom_mask(rule):
-            if not bake:
-                keep = {s.role: plan.site_keep(s) for s in sites}
-                new.set_submodule(owner, rule.masked(module, keep, prune_bias))
+            keep = {s.role: plan.site_keep(s) for s in sites}
+            new.set_submodule(owner, rule.masked(module, keep, prune_bias))
             continue
         for s in sites:
             if s.kind == "producer":
@@ -127,14 +249,7 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
             for pname, gates in params.items():
                 axis = s.axes.get(pname, 0)
                 rows = _rows(keep, gates, attr(module, pname).shape[axis], s.kind)
-                if bake:
-                    if not bool(rows.all()):
-                        with torch.no_grad():
-                            p = attr(module, pname)
-                            shape = [1] * p.dim()
-                            shape[axis] = -1
-                            p.mul_(rows.reshape(shape).to(p.dtype))
-                elif s.node.op != "call_module":
+                if s.node.op != "call_module":
                     # a function op reads its weights through get_attr nodes (F.linear(x, self.w)): masked in
                     # the graph (a parametrization on their holder would not survive the GraphModule's copy)
                     _mask_attr(new, s.fqn(pname), rows, axis, bake=False, producer=pname in s.tensors)
@@ -147,9 +262,11 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
 
 def masked_view(baked: fx.GraphModule, plan: Plan, prune_bias: bool) -> fx.GraphModule:
     """The masked model, sharing the parameters of ``baked`` (the output of ``build_masked(...,
-    bake=True)``, whose weights already hold the masks): only modules and function ops whose rule
-    masks them another way (a LayerNorm's statistics over kept channels) are replaced. For running
-    the masked model once (verification, constants to fold) without copying the weights.
+    bake=True)``, whose weights already hold the masks; or the captured model, run with its tensors
+    masked where they are read, see fxprune.verify.RecordingInterpreter's ``masks``): only modules
+    and function ops whose rule masks them another way (a LayerNorm's statistics over kept channels)
+    are replaced. For running the masked model once (verification, constants to fold) without copying
+    the weights.
 
     Example::
 

@@ -9,24 +9,25 @@ bisecting), keeps them with the reason, warns, and raises if keeping them cannot
 from __future__ import annotations
 
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.fx as fx
-from torch.utils.flop_counter import FlopCounterMode
 
 from .analysis import Analysis, analyze
 from .analysis.flow import op_name
 from .capture import META, capture, restore_call
 from .channels import CONST, maps_in
 from .dump import write_dumps
-from .graph import FakeShapeProp, float_dtypes, private_copy
-from .interop import take_masks
-from .masked import build_masked, masked_view
+from .graph import FakeShapeProp, RealShapeProp, float_dtypes, grad_flags, private_copy, shared_copy
+from .interop import carries_masks, take_masks
+from .masked import bake_entries, bake_kept, masked_tensors, masked_view, replace_tensors
 from .masks import Plan, Selection, make_plan, units_from_masks, units_from_sparsity
 from .report import Report, build_report, model_bytes
 from .rewrite import rewrite
+from .timing import stage
 from .verify import (RecordingInterpreter, cast_inputs, copies, differing_nodes, max_abs_diff,
                      model_dtype, output_keeps, relative_diff, tolerance, verification_dtype, verification_mode)
 
@@ -43,9 +44,18 @@ class State:
     plan: Plan
 
 
+#: captured graph module -> storages (data_ptr) of the caller's parameters it shares (see capture_model)
+_SHARED: "weakref.WeakKeyDictionary[fx.GraphModule, frozenset[int]]" = weakref.WeakKeyDictionary()
+
+
 def capture_model(model, example_inputs=None, example_kwargs=None) -> tuple[fx.GraphModule, dict[str, torch.Tensor]]:
-    """A captured private copy of ``model``, without the masks it carried, and those masks. The
-    example inputs, flat as the graph takes them, are in ``gm.meta["fxprune_capture"].inputs``.
+    """A captured copy of ``model``, without the masks it carried, and those masks. The example
+    inputs, flat as the graph takes them, are in ``gm.meta["fxprune_capture"].inputs``.
+
+    The copy shares ``model``'s parameters (:func:`fxprune.graph.shared_copy`): no stage writes into
+    them, and :func:`finish` copies what the pruned model still shares. A model that carries masks
+    (taken out of a full private copy) or float16/bfloat16 weights (verified in float32 copies) is
+    copied whole.
 
     Example::
 
@@ -56,9 +66,14 @@ def capture_model(model, example_inputs=None, example_kwargs=None) -> tuple[fx.G
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected an nn.Module, fx.GraphModule or torch.export.ExportedProgram, "
                         f"got {type(model).__name__}")
-    own = private_copy(model)
-    masks = take_masks(own)
-    return capture(own, example_inputs, example_kwargs, copy=False), masks
+    dtype = model_dtype(model)
+    if carries_masks(model) or verification_dtype(dtype) != dtype:
+        own = private_copy(model)
+        masks = take_masks(own)
+        return capture(own, example_inputs, example_kwargs, copy=False), masks
+    gm = capture(shared_copy(model), example_inputs, example_kwargs, copy=False)
+    _SHARED[gm] = frozenset(p.untyped_storage().data_ptr() for p in model.parameters())
+    return gm, {}
 
 
 def captured_inputs(gm: fx.GraphModule) -> tuple:
@@ -68,6 +83,13 @@ def captured_inputs(gm: fx.GraphModule) -> tuple:
         raise ValueError("example_inputs is required: a tensor or a tuple of the model's positional inputs "
                          "(and example_kwargs= for keyword inputs)")
     return inputs
+
+
+def unshare(gm: fx.GraphModule, storages: frozenset[int]) -> None:
+    """Copy each tensor of ``gm`` whose storage is one of ``storages`` (the caller's parameters), so the
+    result shares nothing with the caller's model."""
+    if storages:
+        replace_tensors(gm, lambda t: t.detach().clone() if t.untyped_storage().data_ptr() in storages else None)
 
 
 def prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune_outputs, ignore,
@@ -80,19 +102,23 @@ def prepare(model, example_inputs, masks, sparsity, criterion, prune_bias, prune
         raise ValueError("give either masks= or sparsity=, not both")
     if masks is not None and not isinstance(masks, dict):
         raise ValueError(f"masks must be a dict of tensor name -> bool keep-mask, got {type(masks).__name__}")
-    gm, embedded = capture_model(model, example_inputs, example_kwargs)
+    with stage("capture"):
+        gm, embedded = capture_model(model, example_inputs, example_kwargs)
     inputs = captured_inputs(gm)
-    analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
-    if masks is not None:
-        flags = units_from_masks(analysis, masks)
-    elif sparsity is not None:
-        flags = units_from_sparsity(analysis, gm, select)
-    elif embedded:
-        flags = units_from_masks(analysis, embedded, strict=False)
-    else:
-        raise ValueError("nothing to prune: give sparsity= or masks=, or a model that carries masks "
-                         "(fxprune.apply_masks, torch.ao's structured pruner, torch.nn.utils.prune)")
-    return State(gm, inputs, analysis, make_plan(analysis, flags, keep_groups))
+    with stage("analysis"):
+        analysis = analyze(gm, inputs, prune_bias=prune_bias, prune_outputs=prune_outputs)
+    with stage("saliency"):
+        if masks is not None:
+            flags = units_from_masks(analysis, masks)
+        elif sparsity is not None:
+            flags = units_from_sparsity(analysis, gm, select)
+        elif embedded:
+            flags = units_from_masks(analysis, embedded, strict=False)
+        else:
+            raise ValueError("nothing to prune: give sparsity= or masks=, or a model that carries masks "
+                             "(fxprune.apply_masks, torch.ao's structured pruner, torch.nn.utils.prune)")
+    with stage("plan"):
+        return State(gm, inputs, analysis, make_plan(analysis, flags, keep_groups))
 
 
 def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool = False,
@@ -106,8 +132,9 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
     rewritten and verified in float32 and returned in their own dtypes (exact: their values are
     float16/bfloat16 values)."""
     plan, analysis, gm = state.plan, state.analysis, state.gm
-    params_before = sum(p.numel() for p in gm.parameters())
-    bytes_before = model_bytes(gm)  # parameters + buffers, before baking
+    with stage("report"):
+        params_before = sum(p.numel() for p in gm.parameters())
+        bytes_before = model_bytes(gm)  # parameters + buffers, before baking
     dtype = model_dtype(gm)
     vdtype = verification_dtype(dtype) if verify else dtype
     dtypes = float_dtypes(gm)
@@ -119,33 +146,55 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
     inputs = cast_inputs(state.inputs, vdtype)
     expected = None
     if verify and reference:
-        with verification_mode(gm):
+        with stage("verify: masked forward"), verification_mode(gm):
             expected = gm(*copies(inputs))
-    # consumers that read removed channels holding nonzero constants: record their inputs to fold them
-    fold_uses = [u for u in analysis.uses if u.site is not None
-                 and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
-    baked = build_masked(gm, plan, prune_bias, bake=True)  # gm is ours: baked in place
+    with stage("bake"):
+        # consumers that read removed channels holding nonzero constants: record their inputs to fold them
+        fold_uses = [u for u in analysis.uses if u.site is not None
+                     and bool(((u.carry == CONST) & (u.ids >= 0) & plan.removed[u.ids.clamp(min=0)]).any())]
+        entries = bake_entries(gm, plan, prune_bias)
     masked_out, recorded, values = expected, {}, {}
     if (verify and expected is None) or fold_uses or record:
-        masked = masked_view(baked, plan, prune_bias)
-        recorder = RecordingInterpreter(masked, {u.node.name: u.arg for u in fold_uses}, all_outputs=record)
-        with verification_mode(masked):
-            out = recorder.run(*copies(inputs))
+        with stage("masked view"):
+            masked = masked_view(gm, plan, prune_bias)
+        with stage("verify: masked forward"):
+            # the masked model: its tensors masked where they are read, as baking would leave them
+            recorder = RecordingInterpreter(masked, {u.node.name: u.arg for u in fold_uses}, all_outputs=record,
+                                            masks=masked_tensors(entries))
+            with verification_mode(masked):
+                out = recorder.run(*copies(inputs))
         masked_out = out if masked_out is None else masked_out
         recorded, values = recorder.recorded, recorder.values
-    fold = {}
-    for u in fold_uses:
-        x = recorded[u.node.name]
-        # float64 holds any float dtype's values exactly
-        values_in = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().double()
-        removed = torch.zeros(len(u.ids), dtype=torch.bool)
-        lab = u.ids >= 0
-        removed[lab] = plan.removed[u.ids[lab]]
-        fold[u.site] = torch.where(removed, values_in, torch.zeros_like(values_in))
-    pruned = rewrite(baked, plan, fold)
+    with stage("bake"):
+        # masked entries that the rewrite keeps are zeroed in new tensors; removed ones are sliced away
+        bake_kept(gm, entries)
+    with stage("rewrite"):
+        fold = {}
+        for u in fold_uses:
+            x = recorded[u.node.name]
+            # float64 holds any float dtype's values exactly
+            values_in = x.movedim(u.dim, -1).reshape(-1, x.shape[u.dim])[0].detach().double()
+            removed = torch.zeros(len(u.ids), dtype=torch.bool)
+            lab = u.ids >= 0
+            removed[lab] = plan.removed[u.ids[lab]]
+            fold[u.site] = torch.where(removed, values_in, torch.zeros_like(values_in))
+        pruned = rewrite(gm, plan, fold)
+        unshare(pruned, _SHARED.pop(gm, frozenset()))
     keeps = output_keeps(plan)
-    if verify:
-        with verification_mode(pruned):
+    grads = grad_flags(pruned)   # requires_grad as propagated with grad enabled, for the fresh metadata
+    for node in pruned.graph.nodes:  # shapes from the capture are stale
+        node.meta.pop("tensor_meta", None)
+    # one run of the pruned model on the inputs: its output to verify, fresh shape metadata and its FLOPs
+    # (from the shapes, counted as for the original model: fxprune.flops). A float16/bfloat16 model,
+    # verified in float32, gets its shapes on fake tensors in its own dtypes after the cast back.
+    real = dtype == verification_dtype(dtype)
+    if real:
+        shapes = RealShapeProp(pruned, grads)
+        with stage("pruned forward"), verification_mode(pruned):
+            pruned_out = shapes.propagate(*copies(inputs))
+        flops_after = shapes.flops
+    elif verify:
+        with stage("pruned forward"), verification_mode(pruned):
             pruned_out = pruned(*copies(inputs))
     differing = differing_nodes(values, pruned, inputs, analysis.labels_by_name, plan.removed,
                                 tolerance(dtype)) if record else []
@@ -153,20 +202,21 @@ def finish(state: State, prune_bias: bool, verify: bool = True, reference: bool 
         for name, t in (*pruned.named_parameters(), *pruned.named_buffers()):
             if t.is_floating_point():
                 t.data = t.data.to(dtypes.get(name, dtype))
-    for node in pruned.graph.nodes:  # shapes from the capture are stale
-        node.meta.pop("tensor_meta", None)
-    # fresh shape metadata and FLOPs on fake tensors, counted as for the original model
-    shapes = FakeShapeProp(pruned)
-    with FlopCounterMode(display=False) as after:
-        shapes.propagate(*state.inputs)
-    report: Report = build_report(plan, keeps, prune_bias)
-    report.params_before = params_before
-    report.params_after = sum(p.numel() for p in pruned.parameters())
-    report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
-    report.flops_before, report.flops_after = analysis.flops, after.get_total_flops()
+    if not real:
+        with stage("flops"):
+            shapes = FakeShapeProp(pruned, count_flops=True)
+            shapes.propagate(*state.inputs)
+            flops_after = shapes.flops
+    with stage("report"):
+        report: Report = build_report(plan, keeps, prune_bias)
+        report.params_before = params_before
+        report.params_after = sum(p.numel() for p in pruned.parameters())
+        report.bytes_before, report.bytes_after = bytes_before, model_bytes(pruned)
+        report.flops_before, report.flops_after = analysis.flops, flops_after
     if verify:
-        report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
-        report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
+        with stage("verify: compare"):
+            report.max_abs_diff = max_abs_diff(masked_out, pruned_out, keeps)
+            report.rel_diff = relative_diff(masked_out, pruned_out, keeps)
         report.tolerance = tolerance(dtype)
         report.exact = report.rel_diff <= report.tolerance
         report.verified_dtype = str(vdtype).removeprefix("torch.")

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.fx as fx
+from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
 from .channels import ChannelMap
@@ -20,13 +21,42 @@ from .channels import ChannelMap
 class RecordingInterpreter(fx.Interpreter):
     """Runs a GraphModule and keeps one input of the named nodes (``recorded``; ``names``: node name ->
     argument index) and, with ``all_outputs``, every node's tensor output (``values``, to find where two
-    models part ways)."""
+    models part ways).
 
-    def __init__(self, gm: fx.GraphModule, names: dict[str, int], all_outputs: bool = False):
+    ``masks``: id(tensor) -> (tensor, [(keep, axis), ...]) (:func:`fxprune.masked.masked_tensors`):
+    those tensors are read masked (by modules called, through ``torch.func.functional_call``, and by
+    ``get_attr``), with the values baking would have written into them, which are not touched."""
+
+    def __init__(self, gm: fx.GraphModule, names: dict[str, int], all_outputs: bool = False,
+                 masks: dict | None = None):
         super().__init__(gm)
         self.names, self.all_outputs = names, all_outputs
         self.recorded: dict[str, object] = {}
         self.values: dict[str, torch.Tensor] = {}
+        self.masks = masks or {}
+
+    def _read(self, t):
+        """``t`` masked, made at each read and dropped after the op: one masked weight at a time."""
+        if not isinstance(t, torch.Tensor) or id(t) not in self.masks:
+            return t
+        for keep, axis in self.masks[id(t)][1]:
+            shape = [1] * t.dim()
+            shape[axis] = -1
+            t = t * keep.reshape(shape).to(t.dtype)
+        return t
+
+    def get_attr(self, target, args, kwargs):
+        return self._read(super().get_attr(target, args, kwargs))
+
+    def call_module(self, target, args, kwargs):
+        module = self.fetch_attr(target)
+        if self.masks:
+            state = {name: self._read(t) for name, t in (*module.named_parameters(remove_duplicate=False),
+                                                         *module.named_buffers(remove_duplicate=False))
+                     if id(t) in self.masks}
+            if state:
+                return functional_call(module, state, args, kwargs)
+        return super().call_module(target, args, kwargs)
 
     def run_node(self, n):
         # copies: an in-place op (relu_, +=) may change a tensor after this node read or made it

@@ -19,8 +19,8 @@ import logging
 import torch
 import torch.fx as fx
 from torch._subclasses.fake_tensor import DynamicOutputShapeException
-from torch.utils.flop_counter import FlopCounterMode
 
+from ..timing import stage
 from .flow import ChannelFlow, FlowContext, Site, Use, op_name
 from .groups import Analysis, Group, Unit
 from .patterns import name_groups
@@ -32,7 +32,8 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
             dead: bool = False) -> Analysis:
     """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`.
     ``dead``: find channels that are zero for every input (see fxprune.eliminate_dead_channels)."""
-    flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
+    with stage("shapes"):  # fake twins of the parameters
+        flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders) or not all(
             isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):
@@ -43,8 +44,8 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
     try:
         # ShapeProp prints a traceback and FakeTensor logs the error before raising; the error below says it
         quiet.setLevel(logging.CRITICAL)
-        # ShapeProp prints a traceback before raising; FLOPs of the original model come free on fake tensors
-        with contextlib.redirect_stderr(io.StringIO()), FlopCounterMode(display=False) as flops:
+        # ShapeProp prints a traceback before raising
+        with contextlib.redirect_stderr(io.StringIO()):
             flow.propagate(*example_inputs)
     except Exception as e:
         cause = e.__cause__ or e
@@ -63,5 +64,5 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
         quiet.setLevel(level)
     analysis = Analysis(gm, flow)
     name_groups(analysis)
-    analysis.flops = flops.get_total_flops()  # of the original model, counted on the fake tensors
+    analysis.flops = flow.flops  # of the original model, from the shapes of the fake run
     return analysis

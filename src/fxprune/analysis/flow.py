@@ -17,6 +17,7 @@ from torch.fx.node import map_aggregate
 from ..channels import VARY, ZERO, ChannelMap, ParamView, UnionFind, maps_in
 from ..graph import FakeShapeProp, attr
 from ..rules import Rule, Unsupported, call_rule, module_rule, overridden_base
+from ..timing import stage
 
 
 @dataclass
@@ -297,11 +298,12 @@ class FlowContext:
 
 
 class ChannelFlow(FakeShapeProp):
-    """Runs the graph on fake tensors and propagates channel maps through the op rules."""
+    """Runs the graph on fake tensors and propagates channel maps through the op rules; counts its
+    FLOPs (``self.flops``) on the way."""
 
     def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False,
                  dead: bool = False):
-        super().__init__(gm)
+        super().__init__(gm, count_flops=True)   # the model's FLOPs, from the shapes (fxprune.flops)
         self.prune_bias, self.prune_outputs, self.dead = prune_bias, prune_outputs, dead
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple, Site] = {}
@@ -402,7 +404,8 @@ class ChannelFlow(FakeShapeProp):
 
     def run_node(self, n: fx.Node):
         self.current = n
-        out = super().run_node(n)
+        with stage("shapes"):
+            out = super().run_node(n)
         self.labels[n] = self._flow(n, out)
         # an in-place op (relu_, add_) returns its input: later readers of that tensor (under any node
         # that returned it, e.g. an eval-mode dropout) see the op's result
