@@ -87,20 +87,9 @@ def test_a_tied_tensor_sliced_two_ways_is_baked_whole():
     import warnings
 
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
 
     import fxprune
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(20, 8)
-            self.mid = nn.Linear(8, 8)
-            self.head = nn.Linear(8, 20, bias=False)
-            self.head.weight = self.emb.weight
-
-        def forward(self, t):
-            return self.head(F.relu(self.mid(self.emb(t))))
+    from test_report_totals import Tied
 
     torch.manual_seed(0)
     model = Tied().eval()

@@ -54,18 +54,21 @@ def test_bytes_before_and_after_are_params_plus_buffers(net):
     assert f"size:       {r.bytes_before:,} -> {r.bytes_after:,} bytes" in str(r)
 
 
+class Tied(nn.Module):
+    """An embedding tied to the output layer (its weight), a layer between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.emb.weight
+
+    def forward(self, t):
+        return self.head(F.relu(self.mid(self.emb(t))))
+
+
 def test_tied_weights_count_once():
-    class Tied(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.emb = nn.Embedding(20, 8)
-            self.mid = nn.Linear(8, 8)
-            self.head = nn.Linear(8, 20, bias=False)
-            self.head.weight = self.emb.weight
-
-        def forward(self, t):
-            return self.head(F.relu(self.mid(self.emb(t))))
-
     torch.manual_seed(0)
     model = Tied().eval()
     pruned = fxprune.prune(model, (torch.randint(0, 20, (2, 5)),), sparsity=0.5)

@@ -79,6 +79,16 @@ def _mask_attr(gm: fx.GraphModule, target: str, keep: torch.Tensor, dim: int, ba
             node.replace_all_uses_with(masked, delete_user_cb=lambda u: u is not masked)
 
 
+def _masked_tensors_of(site, prune_bias: bool) -> dict[str, int]:
+    """{tensor name: gates} that the masks of ``site`` zero: a producer's rows (and its biases with
+    ``prune_bias``), a member's additive parameters with ``prune_bias``; nothing for other sites."""
+    if site.kind == "producer":
+        return {**site.tensors, **(site.biases if prune_bias else {})}
+    if site.kind == "member" and prune_bias:
+        return {p: 1 for p in site.zeroed}
+    return {}
+
+
 def _has_custom_mask(rule) -> bool:
     return type(rule).masked is not Rule.masked
 
@@ -118,13 +128,8 @@ def bake_entries(gm: fx.GraphModule, plan: Plan, prune_bias: bool) -> list[tuple
         if _has_custom_mask(sites[0].rule):
             continue
         for s in sites:
-            if s.kind == "producer":
-                names = dict(s.tensors)
-                if prune_bias:
-                    names.update(s.biases)
-            elif s.kind == "member" and prune_bias:
-                names = {p: 1 for p in s.zeroed}
-            else:
+            names = _masked_tensors_of(s, prune_bias)
+            if not names:
                 continue
             keep = plan.site_keep(s, for_removal=False)
             stays = bool((~keep & plan.site_keep(s)).any())
@@ -237,13 +242,8 @@ def build_masked(gm: fx.GraphModule, plan: Plan, prune_bias: bool, bake: bool = 
             new.set_submodule(owner, rule.masked(module, keep, prune_bias))
             continue
         for s in sites:
-            if s.kind == "producer":
-                params = dict(s.tensors)
-                if prune_bias:
-                    params.update(s.biases)
-            elif s.kind == "member" and prune_bias:
-                params = {p: 1 for p in s.zeroed}
-            else:
+            params = _masked_tensors_of(s, prune_bias)
+            if not params:
                 continue
             keep = plan.site_keep(s, for_removal=False)
             for pname, gates in params.items():
