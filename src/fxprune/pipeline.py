@@ -62,7 +62,13 @@ def capture_model(model, example_inputs=None, example_kwargs=None) -> tuple[fx.G
         gm, masks = capture_model(apply_masks(model, (x,), sparsity=0.5), (x,))   # gm: the unmasked graph
     """
     if isinstance(model, torch.export.ExportedProgram):
-        return capture(model, example_inputs, example_kwargs), {}
+        tensors = list(model.state_dict.values())
+        dtype = model_dtype(torch.nn.ParameterList(t for t in tensors if t.is_floating_point()))
+        if verification_dtype(dtype) != dtype:   # cast to float32 for verification: copied whole
+            return capture(model, example_inputs, example_kwargs), {}
+        gm = capture(model, example_inputs, example_kwargs, copy=False)
+        _SHARED[gm] = frozenset(t.untyped_storage().data_ptr() for t in tensors)
+        return gm, {}
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected an nn.Module, fx.GraphModule or torch.export.ExportedProgram, "
                         f"got {type(model).__name__}")

@@ -73,7 +73,7 @@ def capture(model, example_inputs=None, example_kwargs: dict | None = None, copy
     an ATen graph from ``ep.module()`` or ``make_fx`` is lowered) or an ``ExportedProgram``
     (example inputs default to ``ep.example_inputs``). ``copy=True`` works on a private copy
     (:func:`fxprune.graph.private_copy`), so ``model`` is never touched; ``copy=False`` when ``model``
-    already is one.
+    already is one (an ExportedProgram's parameters are then shared, not copied).
 
     Example::
 
@@ -85,7 +85,7 @@ def capture(model, example_inputs=None, example_kwargs: dict | None = None, copy
     if isinstance(model, torch.export.ExportedProgram):
         if example_inputs is None and example_kwargs is None and model.example_inputs is not None:
             example_inputs, example_kwargs = model.example_inputs
-        return _record(program_module(model), "exported program", example_inputs, example_kwargs)
+        return _record(program_module(model, share=not copy), "exported program", example_inputs, example_kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, fx.GraphModule or torch.export.ExportedProgram, "
                         f"got {type(model).__name__}")
@@ -105,5 +105,8 @@ def capture(model, example_inputs=None, example_kwargs: dict | None = None, copy
                                 example_kwargs)
         except CaptureError as exported:
             raise CaptureError(f"{type(model).__name__} cannot be captured. {traced} | And {exported}") from exported
-        return _record(program_module(ep), "torch.export", example_inputs, example_kwargs, fallback=str(traced))
+        # the exported module is ``model``'s own copy, or the caller's model shared as capture_model
+        # shares it: its parameters are not copied again
+        return _record(program_module(ep, share=True), "torch.export", example_inputs, example_kwargs,
+                       fallback=str(traced))
     return _record(gm, "symbolic_trace", example_inputs, example_kwargs)

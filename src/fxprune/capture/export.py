@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch.export import Dim, ShapesCollection
 from torch.utils import _pytree as pytree
 
-from ..graph import private_copy
+from ..graph import private_copy, shared_copy
 from .aten import lower_aten
 from .common import CaptureError, user_frame
 
@@ -57,9 +57,11 @@ def export_program(model: torch.nn.Module, args: tuple, kwargs: dict | None) -> 
                            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}{user_frame(e)}") from e
 
 
-def program_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
-    """A private, lowered copy of ``ep.module()`` (parameters under their original names)."""
-    return lower_aten(private_copy(ep.module()))
+def program_module(ep: torch.export.ExportedProgram, share: bool = False) -> fx.GraphModule:
+    """A lowered copy of ``ep.module()`` (parameters under their original names). ``share``: it holds
+    the program's parameters themselves (:func:`fxprune.graph.shared_copy`, for a pipeline that only
+    replaces them), else copies."""
+    return lower_aten((shared_copy if share else private_copy)(ep.module()))
 
 
 def flatten_call(gm: fx.GraphModule, args: tuple, kwargs: dict | None) -> tuple:
