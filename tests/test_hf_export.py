@@ -26,8 +26,8 @@ import hf_models
 import real_zoos as rz
 from conftest import RTOL, model_digest
 
-ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2", "bloom", "bert", "albert", "t5", "bart", "vit",
-         "convnext"]
+ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3", "mixtral", "gpt2", "bloom", "bert", "albert", "t5", "bart",
+         "vit", "convnext"]
 SIZES = [(3, 12), (1, 20)]      # (batch, sequence length) other than the example's (2, 16)
 
 
@@ -131,6 +131,7 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 import hf_models
 hf_models.transformers()
 import transformers.modeling_outputs   # registers the ModelOutput classes the programs return
+import transformers.integrations.moe   # registers the custom op of Mixtral's experts (as for the original program)
 from torch.utils._pytree import tree_leaves
 for name in {ARCHS!r}:
     program = torch.export.load({str(tmp_path)!r} + f"/{{name}}.pt2")
@@ -148,9 +149,9 @@ for name in {ARCHS!r}:
 
 
 def _zero_expansions(model: nn.Module) -> None:
-    """A quarter of every widening layer's outputs (MLP up/gate/fc1, GPT-2's c_fc) and of every
-    BatchNorm's channels zeroed, weights and biases: dead channels known without fxprune (pruning at a
-    sparsity then removes them first)."""
+    """A quarter of every widening layer's outputs (MLP up/gate/fc1, GPT-2's c_fc, the gate half of fused
+    experts in every expert) and of every BatchNorm's channels zeroed, weights and biases: dead channels
+    known without fxprune (pruning at a sparsity then removes them first)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear) and m.out_features > m.in_features:
@@ -166,6 +167,8 @@ def _zero_expansions(model: nn.Module) -> None:
                 k = m.num_features // 4
                 m.weight[:k] = 0
                 m.bias[:k] = 0
+            elif isinstance(getattr(m, "gate_up_proj", None), nn.Parameter):   # Mixtral: (experts, 2 * inner, h)
+                m.gate_up_proj[:, :m.gate_up_proj.shape[1] // 8] = 0           # silu(0) * up = 0
 
 
 @pytest.mark.parametrize("name", ARCHS)
@@ -191,6 +194,15 @@ def _llama():
              + 2 * inner * h + h * inner      # gate, up, down
              + 2 * h)                         # two RMSNorm gains
     return 2 * layer + vocab * h * 2 + h      # embed_tokens and lm_head (untied), final norm
+
+
+def _mixtral():
+    h, inner, kv, vocab, experts = 32, 64, 16, 100, 4
+    layer = (h * 32 + h * kv * 2 + 32 * h                         # attention as in LLaMA
+             + experts * h                                        # the router: 4 experts stay
+             + experts * (2 * inner * h + h * inner)              # fused gate_up_proj and down_proj
+             + 2 * h)
+    return 2 * layer + vocab * h * 2 + h
 
 
 def _bert():
@@ -220,8 +232,8 @@ def _vit():
     return embeddings + 2 * layer + 2 * h + (2 * h + 2)               # final LayerNorm, classifier
 
 
-@pytest.mark.parametrize("name, expected", [("llama", _llama), ("bert", _bert), ("gpt2", _gpt2), ("t5", _t5),
-                                            ("vit", _vit)])
+@pytest.mark.parametrize("name, expected", [("llama", _llama), ("mixtral", _mixtral), ("bert", _bert),
+                                            ("gpt2", _gpt2), ("t5", _t5), ("vit", _vit)])
 def test_parameter_counts(name, expected):
     *_, pruned, _ = _pruned(name)
     report = pruned.graph_module.meta["fxprune"]

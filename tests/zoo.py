@@ -1440,6 +1440,84 @@ def llama():
     return model.eval()
 
 
+@torch.library.custom_op("fxprune_zoo::grouped_mm", mutates_args=())
+def grouped_mm(input: Tensor, weight: Tensor, offs: Tensor) -> Tensor:
+    """transformers' grouped_mm_fallback: rows of ``input`` (sorted by expert) up to ``offs[e]`` times
+    ``weight[e]``. A custom op because torch's own grouped_mm accepts only bfloat16 on fake tensors."""
+    out = input.new_zeros(input.shape[0], weight.shape[2])
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        out[start:end] = input[start:end] @ weight[e]
+        start = end
+    return out
+
+
+@grouped_mm.register_fake
+def _(input, weight, offs):
+    return input.new_empty(input.shape[0], weight.shape[2])
+
+
+# a custom op of the user's: its rule is registered by name, as the README shows
+import fxprune.rules  # noqa: E402
+import fxprune.rules.experts  # noqa: E402
+
+fxprune.rules.register("fxprune_zoo::grouped_mm")(fxprune.rules.experts.GroupedMMRule)
+
+
+class SparseMoeBlock(nn.Module):
+    """Mixtral's sparse MoE block as transformers 5.x writes it: a router picks the top-k of the experts per
+    token, tokens are sorted by expert, and the fused expert weights (experts, 2 * inter, hidden) and
+    (experts, hidden, inter) are applied with one grouped matmul each."""
+
+    def __init__(self, hidden_size=64, intermediate_size=48, num_experts=4, top_k=2):
+        super().__init__()
+        self.top_k, self.num_experts = top_k, num_experts
+        self.gate = nn.Linear(hidden_size, num_experts, bias=False)
+        self.gate_up_proj = nn.Parameter(0.1 * torch.randn(num_experts, 2 * intermediate_size, hidden_size))
+        self.down_proj = nn.Parameter(0.1 * torch.randn(num_experts, hidden_size, intermediate_size))
+
+    def forward(self, x):
+        hidden = x.reshape(-1, x.shape[-1])
+        weights, experts = self.gate(hidden).softmax(-1).topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        flat = experts.reshape(-1)
+        order = flat.argsort(stable=True)
+        offs = torch.histc(flat.float(), bins=self.num_experts, min=0, max=self.num_experts - 1).cumsum(0).to(torch.int32)
+        gate, up = torch.ops.fxprune_zoo.grouped_mm(hidden[order // self.top_k], self.gate_up_proj.transpose(-2, -1),
+                                                    offs).chunk(2, dim=-1)
+        out = torch.ops.fxprune_zoo.grouped_mm(F.silu(gate) * up, self.down_proj.transpose(-2, -1), offs)
+        out = (out * weights.reshape(-1)[order].unsqueeze(-1))[order.argsort()]
+        return out.view(-1, self.top_k, x.shape[-1]).sum(1).reshape(x.shape)
+
+
+class MoeForCausalLM(nn.Module):
+    """vocab 96, hidden 64, 2 layers of RMSNorm + sparse MoE (4 experts, top 2, expert width 48)."""
+
+    def __init__(self, vocab_size=96, hidden_size=64, num_layers=2):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab_size, hidden_size)
+        self.norms = nn.ModuleList([LlamaRMSNorm(hidden_size) for _ in range(num_layers)])
+        self.moes = nn.ModuleList([SparseMoeBlock(hidden_size) for _ in range(num_layers)])
+        self.norm = LlamaRMSNorm(hidden_size)
+        self.lm_head = nn.Linear(hidden_size, vocab_size, bias=False)
+
+    def forward(self, input_ids):
+        h = self.embed_tokens(input_ids)
+        for norm, moe in zip(self.norms, self.moes):
+            h = h + moe(norm(h))
+        return self.lm_head(self.norm(h))
+
+
+def moe():
+    torch.manual_seed(0)
+    model = MoeForCausalLM()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LlamaRMSNorm):
+                m.weight.add_(0.1 * torch.randn(m.weight.shape))
+    return model.eval()
+
+
 # =====================================================================================================
 # 10c. Swin Transformer (microsoft/Swin-Transformer: window partition, shifted windows with torch.roll and
 #      an attention mask buffer, relative position bias gathered from a table by an index buffer)
@@ -2014,6 +2092,7 @@ ZOO = [
     ("gpt_sdpa", gpt_sdpa, lambda: (_tokens(),)),
     ("gpt_tied", gpt_tied, lambda: (_tokens(),)),
     ("llama", llama, lambda: (_tokens(),)),
+    ("moe", moe, lambda: (_tokens(),)),
     ("swin", swin, lambda: (_images(),)),
     ("regnet", regnet, lambda: (_images(),)),
     ("unet", unet, lambda: (_images(),)),

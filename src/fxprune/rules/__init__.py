@@ -26,7 +26,7 @@ from .common import add_folded, factory_kwargs
 from .registry import Rule, Unsupported, call_rule, is_leaf_type, module_rule, overridden_base, register
 
 # Importing the op families registers their rules.
-from . import activation, attention, concat, elementwise, linear, norm, pointwise, pooling, recurrent, shape  # noqa: E402,F401,I001
+from . import activation, attention, concat, elementwise, experts, linear, norm, pointwise, pooling, recurrent, shape  # noqa: E402,F401,I001
 
 __all__ = ["Rule", "Unsupported", "register", "module_rule", "call_rule", "is_leaf_type", "overridden_base",
            "factory_kwargs", "add_folded"]

@@ -7,6 +7,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..channels import ParamView
+from ..graph import attr
 
 
 def factory_kwargs(module: nn.Module) -> dict:
@@ -51,3 +52,32 @@ def param_function(ctx) -> ParamView | None:
         if all(len(s) == out.dim() and all(s[d] == 1 for d in sliced) for s in others):
             found.append(ParamView(pv.target, dims, pv.shape, derived=True))
     return found[0] if len(found) == 1 else None
+
+
+def last_two_transposed(node) -> bool:
+    """Whether ``node`` swaps the last two dims of a 3-d tensor (``transpose(-2, -1)``, ``permute(0, 2, 1)``):
+    how an (experts, out, in) weight is read as (experts, in, out). The caller knows the tensor is 3-d."""
+    if not isinstance(node, fx.Node) or node.op not in ("call_method", "call_function"):
+        return False
+    if node.target in ("transpose", torch.transpose, "swapaxes", torch.swapaxes):
+        dims = tuple(node.args[1:3])
+        return len(dims) == 2 and all(isinstance(d, int) for d in dims) and {d % 3 for d in dims} == {1, 2}
+    if node.target in ("permute", torch.permute):
+        dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        return all(isinstance(d, int) for d in dims) and tuple(d % 3 for d in dims) == (0, 2, 1)
+    return False
+
+
+def weight_readers(gm: fx.GraphModule, fqn: str) -> list[tuple[fx.Node, bool]]:
+    """(node, transposed) for every op reading the tensor ``fqn``: through its get_attr nodes, and through
+    a transpose of their last two dims (see last_two_transposed)."""
+    three_d = attr(gm, fqn).dim() == 3
+    out = []
+    for n in gm.graph.nodes:
+        if n.op == "get_attr" and n.target == fqn:
+            for u in n.users:
+                if three_d and last_two_transposed(u):
+                    out.extend((v, True) for v in u.users)
+                else:
+                    out.append((u, False))
+    return out

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..channels import CONST, VARY, ZERO, ChannelMap
 from ..graph import attr, owner_of
-from .common import add_folded
+from .common import add_folded, weight_readers
 from .registry import Rule, Unsupported, call_rule, register
 
 
@@ -334,7 +334,7 @@ class GetAttrWeightRule(Rule):
             fqn, _, side = role.rpartition(":")
             by_fqn.setdefault(fqn, {})[side] = k
         for fqn, k in by_fqn.items():
-            users = [u for n in root.graph.nodes if n.op == "get_attr" and n.target == fqn for u in n.users]
+            users = [u for u, _ in weight_readers(root, fqn)]
             users.sort(key=lambda u: u.target is not _TIED[0])   # tied embeddings: sliced as the table
             rule = call_rule(users[0].target)
             rule.rewrite_weight(root, users, fqn, attr(root, fqn).detach(), k.get("out"), k.get("in"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 
@@ -33,7 +34,7 @@ class Rule:
 
 _MODULE_RULES: dict[type, Rule] = {}
 _CALL_RULES: dict[object, Rule] = {}
-_NAMED_RULES: dict[str, Rule] = {}   # "module.qualname" of functions, looked up without importing them
+_NAMED_RULES: dict[str, Rule] = {}   # "module.qualname" of functions, "ns::op" of custom ops: not imported
 
 
 def register(*targets) -> Callable:
@@ -52,8 +53,9 @@ def register(*targets) -> Callable:
     def deco(cls):
         rule = cls() if isinstance(cls, type) else cls
         for t in targets:
-            if isinstance(t, str) and "." in t.strip("."):
-                # "package.module.function": a function of a library fxprune does not import
+            if isinstance(t, str) and ("." in t.strip(".") or "::" in t):
+                # "package.module.function" or a custom op "namespace::name": of a library fxprune does
+                # not import
                 _NAMED_RULES[t] = rule
             elif isinstance(t, type) and issubclass(t, nn.Module):
                 _MODULE_RULES[t] = rule
@@ -110,7 +112,11 @@ def call_rule(target) -> Rule | None:
         rule = _CALL_RULES.get(target)
     except TypeError:  # unhashable target
         return None
-    if rule is None and _NAMED_RULES and callable(target):
+    if rule is None and isinstance(target, torch._ops.OpOverload):
+        rule = _NAMED_RULES.get(target._schema.name)
+    elif rule is None and isinstance(target, torch._ops.OpOverloadPacket):
+        rule = _NAMED_RULES.get(target._qualified_op_name)
+    elif rule is None and _NAMED_RULES and callable(target):
         rule = _NAMED_RULES.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}")
     return rule
 
