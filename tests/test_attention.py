@@ -52,3 +52,54 @@ def test_attention_weights_that_do_not_sum_to_one_keep_constant_heads():
     report = fxprune.prune(model, (x,), sparsity=0.5, prune_bias=False, verify=False).meta["fxprune"]
     heads = next(g for g in report.groups if g.producers == ["qkv.weight"])
     assert heads.width_after == 2 and "input-dependent" in heads.reason
+
+
+class SingleHead(nn.Module):
+    """SegFormer's first stage: attention with one head, whose size-1 head dim holds no channels; the
+    head dim is pruned inside (q and k together, v on its own)."""
+
+    def __init__(self, scale=None, q_bias=True):
+        super().__init__()
+        self.q, self.k = nn.Linear(32, 32, bias=q_bias), nn.Linear(32, 32, bias=q_bias)
+        self.v, self.o, self.fc = nn.Linear(32, 32), nn.Linear(32, 32), nn.Linear(32, 16)
+        self.scale = scale
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = (f(x).view(b, t, 1, 32).transpose(1, 2) for f in (self.q, self.k, self.v))
+        extra = {} if self.scale is None else {"scale": self.scale}
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, **extra)
+        return self.fc(torch.relu(self.o(y.transpose(1, 2).reshape(b, t, c))))
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_single_head_pruned_inside(scale, prune_bias):
+    torch.manual_seed(0)
+    model = SingleHead(scale).eval()
+    x = (torch.randn(2, 7, 32),)
+    pruned = fxprune.prune(model, x, sparsity=0.5, prune_bias=prune_bias)
+    assert pruned.get_submodule("q").out_features == 16 == pruned.get_submodule("k").out_features
+    assert pruned.get_submodule("v").out_features == 16
+    sdpa = [n for n in pruned.graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention]
+    assert sdpa[0].kwargs["scale"] == pytest.approx(scale or 32 ** -0.5)   # the original head dim's
+    assert_pruned_equals_masked(model, x, pruned)
+
+
+class GatedKeys(SingleHead):
+    def forward(self, x):
+        b, t, c = x.shape
+        q, v = (f(x).view(b, t, 1, 32).transpose(1, 2) for f in (self.q, self.v))
+        k = (self.k(x) * torch.sigmoid(x[..., :1])).view(b, t, 1, 32).transpose(1, 2)   # varies per key
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.fc(torch.relu(self.o(y.transpose(1, 2).reshape(b, t, c))))
+
+
+def test_single_head_keeps_a_varying_pruned_term():
+    """With the biases kept, a pruned q channel holds its bias and the gated k channel varies per key:
+    their term is not the same for every key, so the channels stay."""
+    torch.manual_seed(0)
+    model = GatedKeys().eval()
+    report = fxprune.prune(model, (torch.randn(2, 7, 32),), sparsity=0.5, prune_bias=False).meta["fxprune"]
+    qk = [g for g in report.groups if any(p.startswith("q") for p in g.producers)]
+    assert qk and qk[0].width_after == 32

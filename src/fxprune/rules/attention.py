@@ -121,6 +121,9 @@ class SDPARule(Rule):
         q = ctx.arg(0, "query")
         nd = q.dim()
         h, d = nd - 3, nd - 1
+        if nd >= 3 and all(m.dims == (d,) for m in maps) \
+                and all(ctx.arg(i, n).shape[h] == 1 for i, n in enumerate(("query", "key", "value"))):
+            return self._single_head(ctx, *maps)
         for m in maps:
             if h not in m.dims or not set(m.dims) <= {h, d}:
                 raise Unsupported("attention inputs without a head dim")
@@ -142,11 +145,35 @@ class SDPARule(Rule):
                 ctx.union_ids(reps[0][0], mm.ids)
             else:
                 raise Unsupported("a per-head attention mask whose heads are not tracked channels")
-        v = maps[2]
+        return self._values(ctx, maps[2])
+
+    def _values(self, ctx, v: ChannelMap) -> ChannelMap:
         # softmax rows sum to 1: a constant v channel comes out as that constant (without dropout)
         const = CONST if ctx.arg(4, "dropout_p", 0.0) == 0 else VARY
         return v.with_carry(torch.where(v.carry == ZERO, ZERO, torch.where(v.carry == CONST, const, VARY))
                             .to(torch.int8))
+
+    def _single_head(self, ctx, q: ChannelMap, k: ChannelMap, v: ChannelMap) -> ChannelMap:
+        """One head (its size-1 head dim holds no channels, SegFormer's first stage): the head dim is
+        pruned inside. Channel j of q and of k make one term q_j k_j of every score, pruned together;
+        removing it is exact when the masked term is 0, or the same for every query and key (both
+        constants: softmax ignores a shift). v's channels are the output's. The scale keeps the
+        original head dim (see rewrite_node)."""
+        if q.ids.numel() != k.ids.numel():
+            raise Unsupported("single-head attention with q and k of different head dims")
+        ctx.union_ids(q.ids, k.ids)
+        vanishes = (q.carry == ZERO) | (k.carry == ZERO) | ((q.carry == CONST) & (k.carry == CONST))
+        ctx.internal_use(q.ids, torch.where(vanishes, ZERO, VARY).to(torch.int8))
+        return self._values(ctx, v)
+
+    def rewrite_node(self, node, ctx):
+        """A default scale is 1/sqrt(q's last dim): keep the original when a single head was pruned inside."""
+        if (node.args[6] if len(node.args) > 6 else node.kwargs.get("scale")) is not None:
+            return
+        old, new = ctx.old_shape(node.args[0]), ctx.new_sizes(node.args[0])
+        if old is not None and new is not None and new[-1] != old[-1]:
+            node.args = node.args[:6]
+            node.kwargs = {**node.kwargs, "scale": 1 / math.sqrt(old[-1])}
 
 
 class PrunedMultiheadAttention(nn.Module):
