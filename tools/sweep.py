@@ -1,7 +1,7 @@
 """The bug finder: prune one model of every timm family and every torchvision classification model.
 
     PYTHONPATH=src .venv/bin/python tools/sweep.py [--only timm|torchvision] [--match SUBSTR] [--limit N]
-        [--size S] [--timeout SECONDS] [--mem-gb G] [--jobs N] [--dead] [--json out.jsonl [--resume]]
+        [--size S] [--timeout SECONDS] [--mem-gb G] [--jobs N] [--dead] [--perturb] [--json out.jsonl [--resume]]
     .venv/bin/python tools/sweep.py --render out.jsonl      # the table and lists again, from the JSON lines
 
 Each model (random init, eval mode, batch 1, the model's own input size unless ``--size``) runs in its own
@@ -18,6 +18,8 @@ check of ``fxprune.eliminate_dead_channels``: the weight and bias of the first q
 BatchNorm's channels are zeroed in a copy, and the result is compared with that copy on a fresh input
 (float64 when the model runs in it, else float32). The timm representative of a family is chosen by
 ``tests/real_zoos.py``. ``--size S`` uses S x S inputs where the model accepts them (else its own size).
+``--perturb`` adds noise to constant parameters and random BatchNorm statistics first
+(``real_zoos.perturbed``), for models whose zero-initialised head makes the comparison vacuous.
 """
 from __future__ import annotations
 
@@ -147,6 +149,8 @@ def child(spec: dict) -> dict:
     try:
         torch.manual_seed(0)
         model = rz.build(spec["source"], spec["name"])
+        if spec.get("perturb"):
+            rz.perturbed(model)   # zero-initialised heads and gains make every comparison vacuous
         res["params"] = sum(p.numel() for p in model.parameters())
         size = rz.input_size(spec["source"], spec["name"], model)
         if spec.get("size"):
@@ -306,6 +310,8 @@ def main():
     ap.add_argument("--mem-gb", type=float, default=12, help="address-space limit per model (0: none)")
     ap.add_argument("--jobs", type=int, default=1, help="models at once (each single-threaded)")
     ap.add_argument("--dead", action="store_true", help="also check eliminate_dead_channels")
+    ap.add_argument("--perturb", action="store_true",
+                    help="add noise to constant parameters first (zero-initialised heads make outputs constant)")
     ap.add_argument("--json", help="write one JSON line per model here")
     ap.add_argument("--resume", action="store_true", help="append to --json, skipping models already in it")
     ap.add_argument("--render", metavar="IN_JSONL", help="only print the table and summary of an earlier --json "
@@ -336,7 +342,8 @@ def main():
         subs = args.match.split(",")
         specs = [s for s in specs if any(m in s[1] or m in s[2] for m in subs)]
     specs = specs[:args.limit]
-    specs = [{"source": s, "name": n, "family": f, "size": args.size, "dead": args.dead, "mem_gb": args.mem_gb}
+    specs = [{"source": s, "name": n, "family": f, "size": args.size, "dead": args.dead, "mem_gb": args.mem_gb,
+              "perturb": args.perturb}
              for s, n, f in specs]
 
     if args.resume and args.json and os.path.exists(args.json):
