@@ -197,9 +197,10 @@ def _rewrite_sizes(node, ctx):
     if new_sizes is None:
         return
     changed = False
+    old_sizes = ctx.old_shape(node)
     for d, s in enumerate(sizes):
         if s != -1 and ctx.width_changed(node, d):
-            sizes[d] = new_sizes[d]
+            sizes[d] = ctx.size_argument(node, s, old_sizes[d], new_sizes[d])
             changed = True
     if changed:
         node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
