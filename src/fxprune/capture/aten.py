@@ -36,7 +36,7 @@ _SAME_ARGS = {
     aten.conv1d.padding: F.conv1d, aten.conv2d.padding: F.conv2d, aten.conv3d.padding: F.conv3d,
     aten.scaled_dot_product_attention.default: F.scaled_dot_product_attention,
     aten.cat.default: torch.cat, aten.stack.default: torch.stack, aten.split_with_sizes.default: torch.split,
-    aten.matmul.default: torch.matmul, aten.baddbmm.default: torch.baddbmm,
+    aten.baddbmm.default: torch.baddbmm,
     aten.where.self: torch.where, aten.where.ScalarSelf: torch.where, aten.where.ScalarOther: torch.where,
     aten.where.Scalar: torch.where,
     aten.gelu.default: F.gelu, aten.silu.default: F.silu, aten.hardswish.default: F.hardswish,
@@ -163,6 +163,11 @@ def _mm(n):           # mm(x, W.t()): a linear layer as decompositions and make_
     return (torch.matmul, n.args, {}) if w is None else (F.linear, (n.args[0], w), {})
 
 
+def _matmul(n):       # matmul(x, W.t()): a linear layer as Falcon writes it (x @ W.T)
+    w = _transposed_weight(n.args[1])
+    return (torch.matmul, n.args, n.kwargs) if w is None else (F.linear, (n.args[0], w), {})
+
+
 def _bmm(n):          # bmm(x, W.t().expand(b, in, out)): a linear layer on 3-d input as decompositions write it
     expand = (aten.expand.default, "expand")
     e = n.args[1]
@@ -208,7 +213,7 @@ _ADAPTED = {
     aten.slice.Tensor: _slice, aten.select.int: _select, aten.index.Tensor: _index,
     aten.to.dtype_layout: _to, aten.numpy_T.default: _numpy_t,
     aten.sym_size.int: _sym_size, aten.type_as.default: _type_as,
-    aten.mm.default: _mm, aten.bmm.default: _bmm, aten.addmm.default: _addmm,
+    aten.mm.default: _mm, aten.bmm.default: _bmm, aten.matmul.default: _matmul, aten.addmm.default: _addmm,
     aten.constant_pad_nd.default: _constant_pad,
     aten.hardswish_.default: _inplace(F.hardswish), aten.hardsigmoid_.default: _inplace(F.hardsigmoid),
     aten.silu_.default: _inplace(F.silu), aten.hardtanh_.default: _inplace(F.hardtanh),
