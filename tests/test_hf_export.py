@@ -26,7 +26,7 @@ import hf_models
 import real_zoos as rz
 from conftest import RTOL, model_digest
 
-ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3", "mixtral", "gpt2", "bloom", "bert", "albert", "t5", "bart",
+ARCHS = ["llama", "qwen2", "mistral", "gemma2", "phi3", "mixtral", "gpt2", "bloom", "bert", "albert", "deberta_v2", "t5", "bart",
          "vit", "convnext"]
 SIZES = [(3, 12), (1, 20)]      # (batch, sequence length) other than the example's (2, 16)
 
