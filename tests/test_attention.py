@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import fxprune
 import zoo
-from conftest import assert_pruned_equals_masked
+from conftest import RTOL, assert_pruned_equals_masked
 
 ZOO = {name: (make, inputs) for name, make, inputs in zoo.ZOO}
 
@@ -103,3 +103,77 @@ def test_single_head_keeps_a_varying_pruned_term():
     report = fxprune.prune(model, (torch.randn(2, 7, 32),), sparsity=0.5, prune_bias=False).meta["fxprune"]
     qk = [g for g in report.groups if any(p.startswith("q") for p in g.producers)]
     assert qk and qk[0].width_after == 32
+
+
+class AlibiAttention(nn.Module):
+    """Bloom's attention as transformers writes it: the heads merged with the batch, (batch * heads, t,
+    head_dim), scores made by baddbmm onto ALiBi's per-head bias, computed from the head count."""
+
+    def __init__(self, hidden=32, heads=4):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.qkv, self.dense, self.fc = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 8)
+
+    def forward(self, x):
+        b, t = x.size(0), x.size(1)
+        slopes = torch.pow(torch.tensor(0.5), torch.arange(1, self.heads + 1, dtype=torch.float32))
+        alibi = (slopes[:, None, None] * torch.arange(t, dtype=torch.float32)).repeat(b, 1, 1)   # (b * heads, 1, t)
+        fused = self.qkv(x).view(b, t, self.heads, 3, self.head_dim)
+        q, k, v = (fused[..., i, :].transpose(1, 2).reshape(b * self.heads, t, self.head_dim) for i in range(3))
+        scores = torch.baddbmm(alibi, q, k.transpose(-1, -2), beta=1.0, alpha=self.head_dim ** -0.5)
+        probs = scores.view(b, self.heads, t, t).softmax(-1).view(b * self.heads, t, t)
+        out = torch.bmm(probs, v).view(b, self.heads, t, self.head_dim).permute(0, 2, 1, 3).reshape(b, t, -1)
+        return self.fc(torch.relu(self.dense(out)))
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+def test_alibi_heads_merged_with_the_batch(prune_bias):
+    """Heads pruned through (batch * heads) dims: ALiBi's bias loses the pruned heads' rows in every
+    batch entry, and ``b * heads`` sizes keep the batch free (checked at batch sizes 1 and 3)."""
+    torch.manual_seed(0)
+    model = AlibiAttention().eval()
+    x = (torch.randn(2, 6, 32),)
+    pruned = fxprune.prune(model, x, sparsity=0.5, prune_bias=prune_bias)
+    if prune_bias:   # with the biases kept, a pruned head's v holds its bias (the softmax rows' sum is lost in the views)
+        assert pruned.get_submodule("qkv").out_features == 48 and pruned.get_submodule("dense").in_features == 16
+    masked = fxprune.apply_masks(model, x, masks=pruned.meta["fxprune"].masks, prune_bias=prune_bias)
+    with torch.no_grad():
+        for shape in [(3, 5, 32), (1, 9, 32)]:
+            y = torch.randn(shape)
+            assert float((masked(y) - pruned(y)).abs().max()) <= RTOL * float(masked(y).abs().max())
+
+
+def test_alibi_exported_with_a_dynamic_batch():
+    torch.manual_seed(0)
+    model = AlibiAttention().eval()
+    x = (torch.randn(2, 6, 32),)
+    program = torch.export.export(model, x, dynamic_shapes=({0: torch.export.Dim("b", max=8),
+                                                             1: torch.export.Dim("t", max=32)},))
+    pruned = fxprune.prune(program, sparsity=0.5)
+    masked = fxprune.apply_masks(model, x, masks=pruned.graph_module.meta["fxprune"].masks)
+    with torch.no_grad():
+        for shape in [(3, 5, 32), (1, 9, 32)]:
+            y = torch.randn(shape)
+            assert float((masked(y) - pruned.module()(y)).abs().max()) <= RTOL * float(masked(y).abs().max())
+    assert pruned.graph_module.meta["fxprune"].params_after < pruned.graph_module.meta["fxprune"].params_before
+
+
+class GatedByTheInput(nn.Module):
+    """Channels multiplied by a tensor without tracked channels that spans them (the input, repeated):
+    a pruned channel stays zero, and the operand is sliced with the channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)) * torch.cat([x, x], -1))
+
+
+def test_untracked_operand_sliced_with_the_channels():
+    torch.manual_seed(0)
+    model = GatedByTheInput().eval()
+    x = (torch.randn(5, 8),)
+    pruned = fxprune.prune(model, x, sparsity=0.5)
+    assert pruned.get_submodule("fc1").out_features == 8
+    assert_pruned_equals_masked(model, x, pruned)

@@ -628,3 +628,30 @@ def nonzero_bias(model):
     with torch.no_grad():
         model.a.bias.copy_(torch.linspace(0.5, 1.5, 8))   # relu keeps positive constants
     return model
+
+
+class TiledAndGathered(nn.Module):
+    """repeat along the channel dim (position p holds channel p % width) and gather along a dim without
+    channels with an index that spans them (sliced with them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 8), nn.Linear(16, 5), nn.Linear(8, 3)
+        self.register_buffer("order", torch.tensor([[3, 0, 2], [1, 1, 0], [2, 3, 3], [0, 2, 1]]))
+
+    def forward(self, x):                                   # x: (b, 4, 6)
+        h = torch.relu(self.fc1(x))                        # (b, 4, 8): channels on the last dim
+        tiled = self.fc2(h.repeat(1, 1, 2))                # fc2 reads every channel twice
+        index = self.order.t().unsqueeze(0).unsqueeze(-1).expand(x.size(0), 3, 4, 8)[:, :, 0]   # (b, 3, 8)
+        picked = torch.gather(h, 1, index)                 # along the token dim
+        return tiled.sum(1) + self.fc3(picked).sum((1, 2), keepdim=True).squeeze(-1)
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+def test_repeat_and_gather(prune_bias):
+    torch.manual_seed(0)
+    model = TiledAndGathered().eval()
+    x = (torch.randn(2, 4, 6),)
+    pruned = fxprune.prune(model, x, sparsity=0.5, prune_bias=prune_bias)
+    assert pruned.get_parameter("fc1.weight").shape[0] == 4 and pruned.get_parameter("fc2.weight").shape[1] == 8
+    assert_pruned_equals_masked(model, x, pruned)

@@ -136,6 +136,14 @@ class ChannelMap:
         new_dims = [d for (ins, outs) in runs if any(d in self.dims for d in ins) for d in outs]
         new_shape = [out_shape[d] for d in new_dims]
         ids, carry = ids.reshape(new_shape), carry.reshape(new_shape)
+        # a dim along which every position holds the same channels holds none of its own: the batch that
+        # heads were merged with ((b * heads, t, d) viewed as (b, heads, t, d)), split off again
+        same = [i for i in range(len(new_dims)) if new_shape[i] > 1 and bool((ids == ids.narrow(i, 0, 1)).all())]
+        if same and len(same) < len(new_dims):
+            for i in reversed(same):
+                ids, carry = ids.select(i, 0), carry.amax(i)
+                new_shape.pop(i)
+                new_dims.pop(i)
         # size-1 dims that a run absorbed hold no channels (view(b, c) -> view(b, c, 1, 1))
         wide = [i for i, d in enumerate(new_dims) if out_shape[d] != 1] or [0]
         if len(wide) < len(new_dims):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 
 import torch
 import torch.fx as fx
@@ -104,10 +105,54 @@ class RewriteContext:
         _erase_unused(node)
         return True
 
-    def constant_tensor(self, value: torch.Tensor, base: str) -> fx.Node:
+    def slice_operand(self, node: fx.Node) -> None:
+        """An operand without tracked channels that spans ``node``'s channel dims (FlowContext.slices_operand)
+        keeps the entries of the kept channels: an index_select per dim; on a dim whose channels repeat
+        with a period (heads merged with the batch, ``(batch * heads, ...)``), per period, so the batch
+        size stays free."""
+        entry = self.analysis.sliced_operands.get(node.name)
+        if entry is None:
+            return
+        arg, dims = entry
+        operand, cmap = node.args[arg], self.labels[node.name]
+        offset = len(self.shapes[node.name]) - len(self.shapes[operand.name])
+        kept, graph, value = self._kept(cmap), node.graph, operand
+        for d in dims:
+            axis = cmap.dims.index(d)
+            keep = _along(kept, axis)
+            if bool(keep.all()):
+                continue
+            period, od = _period(cmap.ids, axis), d - offset
+            with graph.inserting_before(node):
+                # not in the state dict: a constant of the pruned graph, as its literal sizes are
+                index = self.constant_tensor(keep[:period].nonzero().squeeze(1), "fxprune_kept", persistent=False)
+                if period == keep.numel():
+                    value = graph.call_function(torch.index_select, (value, od, index))
+                else:
+                    value = graph.call_method("unflatten", (value, od, (-1, period)))
+                    value = graph.call_function(torch.index_select, (value, od + 1, index))
+                    value = graph.call_method("flatten", (value, od, od + 1))
+        if value is not operand:
+            node.args = node.args[:arg] + (value,) + node.args[arg + 1:]
+
+    def size_argument(self, user: fx.Node, size, old: int, new: int):
+        """What ``user`` passes for a dim whose width went from ``old`` to ``new`` where it passed ``size``:
+        a product computed at run time with a literal (``bsz * num_heads`` sizing heads merged with the
+        batch) becomes the same product with the literal scaled (a new node, since others may read the
+        old one); anything else becomes the new width."""
+        if isinstance(size, fx.Node) and size.op == "call_function" and size.target is operator.mul:
+            ints = [i for i, a in enumerate(size.args) if isinstance(a, int)]
+            if len(ints) == 1 and (size.args[ints[0]] * new) % old == 0:
+                args = list(size.args)
+                args[ints[0]] = args[ints[0]] * new // old
+                with user.graph.inserting_before(user):
+                    return user.graph.call_function(operator.mul, tuple(args))
+        return new
+
+    def constant_tensor(self, value: torch.Tensor, base: str, persistent: bool = True) -> fx.Node:
         """A ``get_attr`` node (at the graph's insertion point) for a new buffer ``<base>_<i>``."""
         name = _free_name(self.gm, base)
-        self.gm.register_buffer(name, value)
+        self.gm.register_buffer(name, value, persistent=persistent)
         return self.gm.graph.get_attr(name)
 
     def set_constant(self, user: fx.Node, old: fx.Node, value: torch.Tensor, base: str) -> None:
@@ -141,6 +186,17 @@ def _along(kept: torch.Tensor, axis: int) -> torch.Tensor:
     these per-axis sets)"""
     others = [a for a in range(kept.dim()) if a != axis]
     return kept.any(dim=others) if others else kept
+
+
+def _period(ids: torch.Tensor, axis: int) -> int:
+    """The smallest period of the channels along ``axis``: position p holds what position p % period
+    holds (the whole length when they do not repeat)."""
+    rows = ids.movedim(axis, 0).reshape(ids.shape[axis], -1)
+    n = rows.shape[0]
+    for period in range(1, n):
+        if n % period == 0 and bool((rows == rows[:period].repeat(n // period, 1)).all()):
+            return period
+    return n
 
 
 def _free_name(gm: torch.nn.Module, base: str) -> str:
@@ -207,6 +263,7 @@ def rewrite(baked: fx.GraphModule, plan: Plan, fold: dict) -> fx.GraphModule:
         if node.op in ("call_function", "call_method"):
             if ctx.replace_permutation(node):
                 continue
+            ctx.slice_operand(node)
             rule = call_rule(node.target)
             if rule is not None:
                 rule.rewrite_node(node, ctx)

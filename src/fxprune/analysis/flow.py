@@ -241,6 +241,12 @@ class FlowContext:
         """The kept channels of ``cmap`` (several dims) must form a product of per-dim index sets."""
         self.flow.products.append((self.node, cmap.ids))
 
+    def slices_operand(self, arg: int, dims: list[int]) -> None:
+        """Argument ``arg`` of this node is a tensor without tracked channels that spans the output's
+        channel dims ``dims`` (ALiBi's per-head bias added to the scores): the rewrite keeps its entries
+        of the kept channels there (RewriteContext.slice_operands)."""
+        self.flow.sliced_operands[self.node] = (arg, tuple(dims))
+
     def permutes_channels(self, split: fx.Node, source: fx.Node, dim: int, perm: torch.Tensor) -> None:
         """This node ends a chain from ``split`` that only reorders ``source``'s channels on ``dim``
         (output channel j is source channel perm[j]). The rewrite can replace the chain with one
@@ -313,6 +319,7 @@ class ChannelFlow(FakeShapeProp):
         self.barriers: list[tuple[fx.Node, str]] = []
         self.products: list[tuple[fx.Node, torch.Tensor]] = []
         self.permutations: dict[fx.Node, tuple] = {}   # see FlowContext.permutes_channels
+        self.sliced_operands: dict[fx.Node, tuple] = {}   # see FlowContext.slices_operand
         self.untracked_reads: set[tuple] = set()   # consumer sites read with untracked channels by some call
         self.memberless: set[str] = set()          # modules with a call that registered no members
         self.modules = dict(gm.named_modules())

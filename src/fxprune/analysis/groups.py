@@ -56,6 +56,8 @@ class Analysis:
         self.products = [(n, ids) for n, ids in flow.products if n not in free]
         #: merge node name -> (split node name, source node name, channel dim, perm)
         self.permutations = {m.name: (s.name, src.name, d, perm) for m, (s, src, d, perm) in flow.permutations.items()}
+        #: node name -> (argument index, output dims): untracked operands sliced with the channels
+        self.sliced_operands = {n.name: v for n, v in flow.sliced_operands.items()}
         self.n_elements = len(flow.uf.parent)
         self.root = flow.uf.roots()
         self.labels_by_name = {n.name: v for n, v in flow.labels.items()}

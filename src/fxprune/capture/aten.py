@@ -36,7 +36,7 @@ _SAME_ARGS = {
     aten.conv1d.padding: F.conv1d, aten.conv2d.padding: F.conv2d, aten.conv3d.padding: F.conv3d,
     aten.scaled_dot_product_attention.default: F.scaled_dot_product_attention,
     aten.cat.default: torch.cat, aten.stack.default: torch.stack, aten.split_with_sizes.default: torch.split,
-    aten.matmul.default: torch.matmul, aten.bmm.default: torch.bmm,
+    aten.baddbmm.default: torch.baddbmm,
     aten.where.self: torch.where, aten.where.ScalarSelf: torch.where, aten.where.ScalarOther: torch.where,
     aten.where.Scalar: torch.where,
     aten.gelu.default: F.gelu, aten.silu.default: F.silu, aten.hardswish.default: F.hardswish,
@@ -163,6 +163,25 @@ def _mm(n):           # mm(x, W.t()): a linear layer as decompositions and make_
     return (torch.matmul, n.args, {}) if w is None else (F.linear, (n.args[0], w), {})
 
 
+def _matmul(n):       # matmul(x, W.t()): a linear layer as Falcon writes it (x @ W.T)
+    w = _transposed_weight(n.args[1])
+    return (torch.matmul, n.args, n.kwargs) if w is None else (F.linear, (n.args[0], w), {})
+
+
+def _bmm(n):          # bmm(x, W.t().expand(b, in, out)): a linear layer on 3-d input as decompositions write it
+    expand = (aten.expand.default, "expand")
+    e = n.args[1]
+    if isinstance(e, fx.Node) and e.target in (aten.view.default, "view") and len(e.users) == 1:
+        src = e.args[0]
+        if isinstance(src, fx.Node) and src.target in expand and list(e.args[1]) == list(src.args[1]):
+            e = src   # viewed as the shape it was expanded to: the same tensor
+    if isinstance(e, fx.Node) and e.target in expand and len(e.users) == 1 and len(e.args[1]) == 3:
+        w = _transposed_weight(e.args[0])
+        if w is not None:
+            return F.linear, (n.args[0], w), {}
+    return torch.bmm, n.args, n.kwargs
+
+
 def _addmm(n):        # addmm(b, x, W.t()) is F.linear(x, W, b); addmm(b, x, W) (GPT-2's Conv1D) stays addmm
     if n.kwargs.get("beta", 1) != 1 or n.kwargs.get("alpha", 1) != 1:
         return None
@@ -194,7 +213,8 @@ _ADAPTED = {
     aten.slice.Tensor: _slice, aten.select.int: _select, aten.index.Tensor: _index,
     aten.to.dtype_layout: _to, aten.numpy_T.default: _numpy_t,
     aten.sym_size.int: _sym_size, aten.type_as.default: _type_as,
-    aten.mm.default: _mm, aten.addmm.default: _addmm, aten.constant_pad_nd.default: _constant_pad,
+    aten.mm.default: _mm, aten.bmm.default: _bmm, aten.matmul.default: _matmul, aten.addmm.default: _addmm,
+    aten.constant_pad_nd.default: _constant_pad,
     aten.hardswish_.default: _inplace(F.hardswish), aten.hardsigmoid_.default: _inplace(F.hardsigmoid),
     aten.silu_.default: _inplace(F.silu), aten.hardtanh_.default: _inplace(F.hardtanh),
     aten.leaky_relu_.default: _inplace(F.leaky_relu),

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
 from .common import add_folded, factory_kwargs
+from .elementwise import with_untracked
 from .registry import Rule, Unsupported, register
 
 
@@ -35,8 +36,12 @@ class MatmulRule(Rule):
     the output dim: q @ k^T contracts a head's channels, attn @ v carries v's channels."""
 
     def flow(self, ctx):
-        ma, mb = ctx.arg_map(0, "input"), ctx.arg_map(1, "other")
-        a, b = ctx.arg(0, "input"), ctx.arg(1, "other")
+        return self.product(ctx, (0, "input"), (1, "other"))
+
+    def product(self, ctx, first: tuple[int, str], second: tuple[int, str]) -> ChannelMap | None:
+        """The channels of ``first @ second`` (arguments given as (position, name))."""
+        ma, mb = ctx.arg_map(*first), ctx.arg_map(*second)
+        a, b = ctx.arg(*first), ctx.arg(*second)
         ma = ma if isinstance(ma, ChannelMap) else None
         mb = mb if isinstance(mb, ChannelMap) else None
         if ma is None and mb is None:
@@ -71,6 +76,22 @@ class MatmulRule(Rule):
             carry = carry.movedim(0, mb.dims.index(h))
             return mb.with_carry(carry)
         raise Unsupported("matmul layout other than attention's q @ k^T or attn @ v")
+
+
+@register(torch.baddbmm, "baddbmm")
+class BaddbmmRule(MatmulRule):
+    """baddbmm(input, b1, b2, beta, alpha) = beta * input + alpha * (b1 @ b2): attention scores and a
+    bias without tracked channels (Bloom's ALiBi, one row per head, computed from the head count). The
+    bias is sliced with the heads (see elementwise.with_untracked)."""
+
+    def flow(self, ctx):
+        scores = self.product(ctx, (1, "batch1"), (2, "batch2"))
+        bias = ctx.arg_map(0, "input")
+        if isinstance(bias, (ChannelMap, ParamView)):
+            raise Unsupported("baddbmm whose added input holds channels or parameters")
+        if scores is None or ctx.arg(3, "beta", 1) == 0:
+            return scores
+        return with_untracked(ctx, scores, ctx.arg(0, "input"), 0, "add", first=False)
 
 
 @register(F.softmax, torch.softmax, F.log_softmax, torch.log_softmax, nn.Softmax, nn.LogSoftmax,

@@ -6,6 +6,7 @@ import numbers
 import operator
 
 import torch
+import torch.fx as fx
 
 from ..channels import CONST, VARY, ZERO, ChannelMap, ParamView
 from .common import param_function
@@ -68,21 +69,36 @@ class BinaryRule(Rule):
             return cmap.map_carry(VARY, CONST)
         if not isinstance(other, torch.Tensor):
             raise Unsupported(f"operand of type {type(other).__name__}")
-        # the other operand is a tensor without tracked channels
-        shape = [1] * (nd - other.dim()) + list(other.shape)
-        spanned = [d for d in cmap.dims if shape[d] != 1]
-        if len(spanned) == len(cmap.dims):
+        in_place = ctx.node.target in INPLACE and not first   # the untracked operand is the one written
+        return with_untracked(ctx, cmap, other, 1 if first else 0, kind, first, in_place)
+
+
+INPLACE = (operator.iadd, operator.isub, operator.imul, operator.itruediv, "add_", "sub_", "mul_", "div_")
+
+
+def with_untracked(ctx, cmap: ChannelMap, other: torch.Tensor, arg: int, kind: str, first: bool,
+                   in_place: bool = False) -> ChannelMap:
+    """Channels meet argument ``arg``, a tensor without tracked channels (``kind``: add, mul or div;
+    ``first``: the channels are the left operand). Broadcast along the channels, each channel meets the
+    same values. Spanning every channel dim (ALiBi's per-head bias added to the scores), the operand is
+    sliced with the channels in the rewrite. Spanning some of several channel dims (RoPE's cos and sin
+    over head_dim of (heads, head_dim)), it keeps its size there, so a head is pruned whole."""
+    nd = cmap.ndim
+    shape = [1] * (nd - other.dim()) + list(other.shape)
+    spanned = [d for d in cmap.dims if shape[d] != 1]
+    if len(spanned) == len(cmap.dims):
+        node = ctx.node.args[arg] if arg < len(ctx.node.args) else None
+        if in_place or not isinstance(node, fx.Node):
             raise Unsupported("an operand without tracked channels spans the channel dim")
-        if spanned:
-            # (RoPE's cos and sin computed at run time over head_dim of (heads, head_dim)): the operand
-            # keeps its size on those dims, so they keep every position; a head is pruned whole
-            ctx.union_across(cmap, spanned)
-        # broadcast along the channels: a pruned channel combines with values that vary
-        if kind == "add":
-            return cmap.map_carry(VARY, VARY)
-        if kind == "mul":
-            return cmap.map_carry(ZERO, VARY)
-        return cmap.map_carry(ZERO, VARY) if first else cmap.map_carry(VARY, VARY)
+        ctx.slices_operand(arg, spanned)
+    elif spanned:
+        ctx.union_across(cmap, spanned)
+    # a pruned channel combines with values that vary (or that are not the same for every channel)
+    if kind == "add":
+        return cmap.map_carry(VARY, VARY)
+    if kind == "mul":
+        return cmap.map_carry(ZERO, VARY)
+    return cmap.map_carry(ZERO, VARY) if first else cmap.map_carry(VARY, VARY)
 
 
 def _broadcast_heads(ctx, ma: ChannelMap, mb: ChannelMap, a, b, nd: int):

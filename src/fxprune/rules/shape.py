@@ -197,9 +197,10 @@ def _rewrite_sizes(node, ctx):
     if new_sizes is None:
         return
     changed = False
+    old_sizes = ctx.old_shape(node)
     for d, s in enumerate(sizes):
         if s != -1 and ctx.width_changed(node, d):
-            sizes[d] = new_sizes[d]
+            sizes[d] = ctx.size_argument(node, s, old_sizes[d], new_sizes[d])
             changed = True
     if changed:
         node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)
@@ -540,6 +541,47 @@ class ExpandRule(Rule):
     def rewrite_node(self, node, ctx):
         if node.target == "expand":
             _rewrite_sizes(node, ctx)
+
+
+@register("repeat")
+class RepeatRule(Rule):
+    """x.repeat(r0, r1, ...) tiles the tensor: along a dim with channels, position p holds the channel of
+    p % width (heads repeated for every batch entry: DeBERTa's relative position projections). The
+    arguments stay: the pruned tensor is tiled as often."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        reps = list(ctx.args[1]) if len(ctx.args) == 2 and isinstance(ctx.args[1], (tuple, list)) else list(ctx.args[1:])
+        cmap = cmap.align_to(len(reps))
+        ids, carry = cmap.ids, cmap.carry
+        for axis, d in enumerate(cmap.dims):
+            tiles = [reps[d] if i == axis else 1 for i in range(ids.dim())]
+            ids, carry = ids.repeat(*tiles), carry.repeat(*tiles)
+        return ChannelMap(cmap.dims, ids, carry, len(reps))
+
+
+@register(torch.gather, "gather")
+class GatherRule(Rule):
+    """gather(x, dim, index) along a dim without channels (DeBERTa's relative positions): each output
+    entry is an entry of x from the same channels, so a channel keeps what it holds; the index (a tensor
+    without tracked channels) is sliced with the channels."""
+
+    def flow(self, ctx):
+        cmap = _map(ctx)
+        if not isinstance(cmap, ChannelMap):
+            return None
+        if isinstance(ctx.arg_map(2, "index"), (ChannelMap, ParamView)):
+            raise Unsupported("gather with an index that holds channels or parameters")
+        dim = ctx.arg(1, "dim") % cmap.ndim
+        x, index = ctx.arg(0, "input"), ctx.arg(2, "index")
+        if dim in cmap.dims:
+            raise Unsupported("gather along a channel dim")
+        if any(index.shape[d] != x.shape[d] for d in cmap.dims) or len(ctx.node.args) < 3:
+            raise Unsupported("gather with an index that does not span the channels")
+        ctx.slices_operand(2, list(cmap.dims))
+        return cmap
 
 
 def _expand_index(idx, ndim):
