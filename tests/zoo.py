@@ -1430,14 +1430,19 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(self.norm(hidden_states))
 
 
-def llama():
+def _with_rms_gains(cls) -> nn.Module:
+    """``cls()`` (seed 0, eval mode) with its RMSNorm gains moved off 1, so that they matter."""
     torch.manual_seed(0)
-    model = LlamaForCausalLM()
+    model = cls()
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, LlamaRMSNorm):
                 m.weight.add_(0.1 * torch.randn(m.weight.shape))
     return model.eval()
+
+
+def llama():
+    return _with_rms_gains(LlamaForCausalLM)
 
 
 @torch.library.custom_op("fxprune_zoo::grouped_mm", mutates_args=())
@@ -1509,13 +1514,7 @@ class MoeForCausalLM(nn.Module):
 
 
 def moe():
-    torch.manual_seed(0)
-    model = MoeForCausalLM()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, LlamaRMSNorm):
-                m.weight.add_(0.1 * torch.randn(m.weight.shape))
-    return model.eval()
+    return _with_rms_gains(MoeForCausalLM)
 
 
 # =====================================================================================================
