@@ -126,13 +126,14 @@ class AlibiAttention(nn.Module):
         return self.fc(torch.relu(self.dense(out)))
 
 
-@pytest.mark.parametrize("prune_bias", [True, False])
-def test_alibi_heads_merged_with_the_batch(prune_bias):
+@pytest.mark.parametrize("prune_bias, batch", [(True, 2), (False, 2), (True, 1)])
+def test_alibi_heads_merged_with_the_batch(prune_bias, batch):
     """Heads pruned through (batch * heads) dims: ALiBi's bias loses the pruned heads' rows in every
-    batch entry, and ``b * heads`` sizes keep the batch free (checked at batch sizes 1 and 3)."""
+    batch entry, and ``b * heads`` sizes keep the batch free (checked at batch sizes 1 and 3). An
+    example of batch 1 shows no repetition of the heads along (batch * heads): the slices hold anyway."""
     torch.manual_seed(0)
     model = AlibiAttention().eval()
-    x = (torch.randn(2, 6, 32),)
+    x = (torch.randn(batch, 6, 32),)
     pruned = fxprune.prune(model, x, sparsity=0.5, prune_bias=prune_bias)
     if prune_bias:   # with the biases kept, a pruned head's v holds its bias (the softmax rows' sum is lost in the views)
         assert pruned.get_submodule("qkv").out_features == 48 and pruned.get_submodule("dense").in_features == 16

@@ -107,9 +107,10 @@ class RewriteContext:
 
     def slice_operand(self, node: fx.Node) -> None:
         """An operand without tracked channels that spans ``node``'s channel dims (FlowContext.slices_operand)
-        keeps the entries of the kept channels: an index_select per dim; on a dim whose channels repeat
-        with a period (heads merged with the batch, ``(batch * heads, ...)``), per period, so the batch
-        size stays free."""
+        keeps the entries of the kept channels: an index_select per period of the dim (``unflatten``,
+        ``index_select``, ``flatten``). A dim of heads merged with the batch, ``(batch * heads, ...)``,
+        repeats its channels with the head count as period, so the batch size stays free; an example of
+        batch 1 shows no repetition, and the whole dim as period gives the same slices."""
         entry = self.analysis.sliced_operands.get(node.name)
         if entry is None:
             return
@@ -126,12 +127,9 @@ class RewriteContext:
             with graph.inserting_before(node):
                 # not in the state dict: a constant of the pruned graph, as its literal sizes are
                 index = self.constant_tensor(keep[:period].nonzero().squeeze(1), "fxprune_kept", persistent=False)
-                if period == keep.numel():
-                    value = graph.call_function(torch.index_select, (value, od, index))
-                else:
-                    value = graph.call_method("unflatten", (value, od, (-1, period)))
-                    value = graph.call_function(torch.index_select, (value, od + 1, index))
-                    value = graph.call_method("flatten", (value, od, od + 1))
+                value = graph.call_method("unflatten", (value, od, (-1, period)))
+                value = graph.call_function(torch.index_select, (value, od + 1, index))
+                value = graph.call_method("flatten", (value, od, od + 1))
         if value is not operand:
             node.args = node.args[:arg] + (value,) + node.args[arg + 1:]
 
