@@ -1,4 +1,5 @@
 """capture never changes the user's model, also when it carries parametrizations of its own."""
+import pytest
 import torch
 import torch.nn as nn
 from torch.ao.pruning._experimental.pruner import BaseStructuredSparsifier
@@ -43,3 +44,31 @@ def test_torchao_masks_next_to_a_user_parametrization():
     assert report.rel_diff <= 1e-5
     # the user's parametrization is part of the model: still in force in the pruned one
     assert parametrize.is_parametrized(pruned.lstm, "weight_hh_l1")
+
+
+class Upsampled(nn.Module):
+    def __init__(self, mode, **kw):
+        super().__init__()
+        self.a, self.b, self.mode, self.kw = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1), mode, kw
+
+    def forward(self, x):
+        return self.b(torch.nn.functional.interpolate(torch.relu(self.a(x)), mode=self.mode, **self.kw))
+
+
+
+@pytest.mark.parametrize("mode, kw", [("bilinear", {"scale_factor": 2.0, "align_corners": False}),
+                                      ("nearest", {"size": (9, 7)}),
+                                      ("bicubic", {"scale_factor": 1.5, "align_corners": True})])
+def test_exported_upsampling_is_interpolate(mode, kw):
+    """aten.upsample_<mode>.vec in an exported program is F.interpolate: channels pass through it."""
+    torch.manual_seed(0)
+    model = Upsampled(mode, **kw).eval()
+    x = torch.randn(2, 3, 6, 5)
+    program = torch.export.export(model, (x,))
+    pruned = fxprune.prune(program, sparsity=0.5)
+    report = pruned.graph_module.meta["fxprune"]
+    assert not report.barriers and pruned.state_dict["a.weight"].shape[0] == 4
+    masked = fxprune.apply_masks(model, (x,), masks=report.masks)
+    y = torch.randn(2, 3, 6, 5)
+    with torch.no_grad():
+        assert float((masked(y) - pruned.module()(y)).abs().max()) <= 1e-5 * float(masked(y).abs().max())

@@ -199,6 +199,18 @@ def _constant_pad(n):  # constant_pad_nd(x, pad, value)
     return F.pad, (n.args[0], _arg(n, 1, "pad"), "constant", _arg(n, 2, "value", 0)), {}
 
 
+def _upsample(mode: str, align: bool):
+    """aten.upsample_<mode>.vec(x, output_size, [align_corners,] scale_factors): the call F.interpolate makes."""
+    def lower(n):
+        size = _arg(n, 1, "output_size")
+        scales = _arg(n, 3 if align else 2, "scale_factors")
+        kwargs = {"size": size} if size is not None else {"scale_factor": scales}
+        if align:
+            kwargs["align_corners"] = _arg(n, 2, "align_corners")
+        return F.interpolate, (n.args[0],), {**kwargs, "mode": mode}
+    return lower
+
+
 def _sym_size(n):
     return "size", (n.args[0], n.args[1]), {}
 
@@ -218,6 +230,10 @@ _ADAPTED = {
     aten.hardswish_.default: _inplace(F.hardswish), aten.hardsigmoid_.default: _inplace(F.hardsigmoid),
     aten.silu_.default: _inplace(F.silu), aten.hardtanh_.default: _inplace(F.hardtanh),
     aten.leaky_relu_.default: _inplace(F.leaky_relu),
+    aten.upsample_nearest1d.vec: _upsample("nearest", False), aten.upsample_nearest2d.vec: _upsample("nearest", False),
+    aten.upsample_nearest3d.vec: _upsample("nearest", False), aten.upsample_linear1d.vec: _upsample("linear", True),
+    aten.upsample_bilinear2d.vec: _upsample("bilinear", True), aten.upsample_bicubic2d.vec: _upsample("bicubic", True),
+    aten.upsample_trilinear3d.vec: _upsample("trilinear", True),
 }
 
 
