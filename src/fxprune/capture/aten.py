@@ -54,7 +54,7 @@ _SAME_ARGS = {
 }
 
 #: ATen ops that return their input's value unchanged
-_PASS_THROUGH = {aten.alias.default, aten.detach.default, aten.lift_fresh_copy.default}
+_PASS_THROUGH = {aten.alias.default, aten.detach.default, aten.detach_.default, aten.lift_fresh_copy.default}
 #: ATen ops with no value at all (assertions)
 _ASSERTIONS = {aten._assert_tensor_metadata.default, aten._assert_scalar.default,
                aten.sym_constrain_range_for_size.default}
