@@ -72,3 +72,31 @@ def test_exported_upsampling_is_interpolate(mode, kw):
     y = torch.randn(2, 3, 6, 5)
     with torch.no_grad():
         assert float((masked(y) - pruned.module()(y)).abs().max()) <= 1e-5 * float(masked(y).abs().max())
+
+
+class ComplementGate(nn.Module):
+    """ConViT's gate: (1 - sigmoid(g)) * a + sigmoid(g) * b, per channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.g = nn.Parameter(torch.randn(1, 8, 1, 1))
+
+    def forward(self, x):
+        return self.c((1.0 - torch.sigmoid(self.g)) * self.a(x) + torch.sigmoid(self.g) * self.b(x))
+
+
+def test_exported_rsub_is_a_subtraction():
+    """aten.rsub.Scalar(x, 1) in an exported program is 1 - x: the gate is sliced with the channels."""
+    torch.manual_seed(0)
+    model = ComplementGate().eval()
+    x = torch.randn(2, 3, 5, 5)
+    program = torch.export.export(model, (x,))
+    assert any(n.target is torch.ops.aten.rsub.Scalar for n in program.graph.nodes)
+    pruned = fxprune.prune(program, sparsity=0.5)
+    report = pruned.graph_module.meta["fxprune"]
+    assert not report.barriers and pruned.state_dict["g"].shape[1] == 4
+    masked = fxprune.apply_masks(model, (x,), masks=report.masks)
+    y = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        assert float((masked(y) - pruned.module()(y)).abs().max()) <= 1e-5 * float(masked(y).abs().max())

@@ -655,3 +655,32 @@ def test_repeat_and_gather(prune_bias):
     pruned = fxprune.prune(model, x, sparsity=0.5, prune_bias=prune_bias)
     assert pruned.get_parameter("fc1.weight").shape[0] == 4 and pruned.get_parameter("fc2.weight").shape[1] == 8
     assert_pruned_equals_masked(model, x, pruned)
+
+
+@fx.wrap
+def _one_minus_sigmoid(t):
+    return 1.0 - torch.sigmoid(t)
+
+
+class ParamAlsoReadOpaquely(nn.Module):
+    """A per-channel gate read by a rule (sigmoid, sliced with the channels) and by a function without
+    one (ConViT's 1 - sigmoid(gating) when no rule knows the op): slicing the gate for the first would
+    change what the second makes from it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.g = nn.Parameter(torch.randn(8))
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h * torch.sigmoid(self.g) + h * _one_minus_sigmoid(self.g))
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+def test_parameter_read_by_an_op_without_rule_is_not_sliced(prune_bias):
+    model = ParamAlsoReadOpaquely().eval()
+    pruned = prune_checked(model, (torch.randn(4, 6),), prune_bias)
+    assert pruned.a.out_features == 8 and pruned.g.shape == (8,)
+    report = pruned.meta["fxprune"]
+    assert any("g is also read by _one_minus_sigmoid" in b for b in map(str, report.barriers)), report.barriers

@@ -220,3 +220,30 @@ def test_nn_utils_prune_unstructured_is_a_clear_error(method):
         fxprune.prune(model, (x,))
     assert model_digest(model) == digest
     assert torch.equal(run(model, [(x,)])[0], out[0])
+
+
+class WeightNormedMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(6, 10), nn.Linear(10, 12), nn.Linear(12, 3)
+        nn.utils.parametrizations.weight_norm(self.fc2)
+
+    def forward(self, x):
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_weight_normed_linear_prunes_its_output_rows_exactly():
+    """weight_norm's weight is computed at each read (g * v / |v|), so there is no tensor to mask where it
+    is read: its mask joins the parametrizations. The group is pruned, not kept whole by the
+    verification guard, and the pruned model equals the masked one."""
+    import warnings
+    from conftest import prune_both
+    torch.manual_seed(0)
+    model = WeightNormedMLP().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # the guard warns when it keeps a group
+        pruned = prune_both(model, torch.randn(4, 6))
+    for p in pruned:
+        assert p.fc2.out_features == p.fc3.in_features == 6
+        assert p.meta["fxprune"].exact
+    assert nn.utils.parametrize.is_parametrized(model.fc2, "weight")

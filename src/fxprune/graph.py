@@ -4,6 +4,7 @@ The bottom of the package: it imports nothing of fxprune but the FLOP formulas.
 """
 from __future__ import annotations
 
+import collections
 import copy
 
 import torch
@@ -15,6 +16,7 @@ from torch._dispatch.python import enable_python_dispatcher
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .flops import formula
 
@@ -91,8 +93,9 @@ def private_copy(model: nn.Module) -> nn.Module:
 
 
 def shared_copy(model: nn.Module) -> nn.Module:
-    """copy.deepcopy of ``model`` that shares its parameters (the same Parameter objects); buffers and
-    everything else are copied. For a pipeline that never writes into a parameter, only replaces it
+    """A copy of ``model`` that shares its parameters (the same Parameter objects); modules and buffers
+    are copied (:func:`_structural_copy`, or copy.deepcopy for a tree holding a GraphModule or a module
+    that copies itself its own way). For a pipeline that never writes into a parameter, only replaces it
     (the rewrite slices into new tensors; baking multiplies into new ones): the caller's model stays
     as it was without a copy of every weight. What still shares a parameter at the end is copied then
     (see fxprune.pipeline). Not for a parametrized model (:func:`private_copy`).
@@ -102,9 +105,58 @@ def shared_copy(model: nn.Module) -> nn.Module:
         own = shared_copy(model)
         own.fc.weight is model.fc.weight        # True; own.bn.running_mean is a copy
     """
-    memo = _held_non_leaves(model)
-    memo.update({id(p): p for p in model.parameters()})
-    return copy.deepcopy(model, memo)
+    if any(isinstance(m, fx.GraphModule) or hasattr(type(m), "__deepcopy__") or hasattr(type(m), "__slots__")
+           for m in model.modules()):   # they copy themselves their own way
+        memo = _held_non_leaves(model)
+        memo.update({id(p): p for p in model.parameters()})
+        return copy.deepcopy(model, memo)
+    return _structural_copy(model)
+
+
+_CONTAINERS = (list, dict, set, collections.OrderedDict)
+
+
+def _structural_copy(model: nn.Module) -> nn.Module:
+    """The module tree of ``model`` copied without deep-copying what it holds (a tenth of
+    copy.deepcopy's time): each module a new object with its own attribute dict, its own containers
+    (parameter, buffer, module and hook dicts, lists such as an RNN's flat weights) and copied
+    buffers; parameters and other values are the same objects."""
+    copies: dict[int, nn.Module] = {}
+    memo: dict[int, object] = {}
+
+    def one(m: nn.Module) -> nn.Module:
+        new = copies.get(id(m))
+        if new is not None:
+            return new
+        new = copies[id(m)] = object.__new__(type(m))
+        state = {k: v.copy() if type(v) in _CONTAINERS else v for k, v in m.__dict__.items()}
+        state["_buffers"] = type(m._buffers)(
+            (k, None if b is None else copy.deepcopy(b, memo)) for k, b in m._buffers.items())
+        state["_modules"] = type(m._modules)((k, None if c is None else one(c)) for k, c in m._modules.items())
+        new.__dict__.update(state)
+        return new
+
+    return one(model)
+
+
+def call_with(module: nn.Module, state: dict[str, torch.Tensor], args, kwargs):
+    """``module(*args, **kwargs)`` with its tensors named in ``state`` (as ``named_parameters`` and
+    ``named_buffers`` name them) read as the tensors given there: ``torch.func.functional_call``, at a
+    tenth of its cost by swapping the entries of the modules' own dicts while the call runs. Modules
+    that watch their attributes (an RNN's cached flat weights) go through functional_call itself."""
+    if any(type(m).__setattr__ is not nn.Module.__setattr__ for m in module.modules()):
+        return functional_call(module, state, args, kwargs)
+    swapped = []
+    try:
+        for name, t in state.items():
+            owner, leaf = owner_of(module, name)
+            slots = owner._parameters if leaf in owner._parameters else owner._buffers
+            swapped.append((slots, leaf, slots[leaf]))
+            slots[leaf] = t
+        return module(*args, **kwargs)
+    finally:
+        for slots, leaf, t in reversed(swapped):
+            slots[leaf] = t
 
 
 class FakeShapeProp(ShapeProp):
@@ -112,7 +164,7 @@ class FakeShapeProp(ShapeProp):
 
     ``ShapeProp(gm, fake_mode)`` first deep-copies the whole module into fake tensors (a third of
     prune()'s time on a 25 M parameter model). Here each parameter and buffer gets a fake twin (no
-    data copied) that modules are called with (``torch.func.functional_call``) and ``get_attr``
+    data copied) that modules are called with (:func:`call_with`) and ``get_attr``
     returns; the module itself keeps its real tensors, which rules read. Buffers are restored
     afterwards in case an op with only real inputs ran for real.
 
@@ -160,7 +212,7 @@ class FakeShapeProp(ShapeProp):
         module = self.fetch_attr(target)
         state = {name: self._fake(t) for name, t in
                  [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]}
-        return functional_call(module, state, args, kwargs)
+        return call_with(module, state, args, kwargs)
 
     def run_node(self, n):
         if not self.count_flops:
@@ -209,11 +261,56 @@ class FakeShapeProp(ShapeProp):
                     b.copy_(v)
 
 
+class RealRunRefused(RuntimeError):
+    """A guarded run on real tensors met an op it must not run for real: one that writes into the
+    caller's tensors, or whose output shape depends on tensor values (which fake tensors refuse)."""
+
+
+class _RealRunGuard(TorchDispatchMode):
+    """Refuses (:class:`RealRunRefused`), before it runs, an ATen op that writes into a tensor whose
+    storage is in ``protected``, or whose output shape or value depends on tensor values."""
+
+    def __init__(self, protected: frozenset[int]):
+        super().__init__()
+        self.protected = protected
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.Tag.data_dependent_output in func.tags or (
+                torch.Tag.dynamic_output_shape in func.tags and not _fixed_shape(func, args, kwargs)):
+            raise RealRunRefused(f"{func}: its output depends on tensor values")
+        schema = func._schema
+        if schema.is_mutable:
+            for i, a in enumerate(schema.arguments):
+                if a.alias_info is None or not a.alias_info.is_write:
+                    continue
+                value = args[i] if i < len(args) else kwargs.get(a.name)
+                for t in value if isinstance(value, (tuple, list)) else (value,):
+                    if isinstance(t, torch.Tensor) and _storage(t) in self.protected:
+                        raise RealRunRefused(f"{func} writes into a tensor of the caller")
+        return func(*args, **kwargs)
+
+
+def _fixed_shape(func, args, kwargs) -> bool:
+    """An op tagged dynamic_output_shape whose output shape is known here, as fake tensors know it:
+    indexing with integer tensors, repeat_interleave given its output size."""
+    if func is torch.ops.aten.index.Tensor:
+        return all(i is None or i.dtype not in (torch.bool, torch.uint8) for i in args[1])
+    if func is torch.ops.aten.repeat_interleave.Tensor:
+        return kwargs.get("output_size") is not None
+    return False
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
 class RealShapeProp(ShapeProp):
     """torch's ShapeProp on real tensors: the model's output, every node's tensor_meta, and in
     ``self.flops`` the FLOPs :class:`FakeShapeProp` counts with ``count_flops`` (each node from its
     shapes; a node without a formula run alone on fake twins of its inputs). For a model that runs
-    anyway (verification, under no_grad): its shapes and FLOPs come with that run.
+    anyway (verification, under no_grad): its shapes and FLOPs come with that run; and, ``guarded``,
+    for the caller's model in place of :class:`FakeShapeProp` (see :meth:`propagate`).
 
     ``requires_grad``: node name -> the requires_grad flags of its tensor_meta from a propagation with
     grad enabled (:func:`grad_flags`, taken before a rewrite): the metadata says what such a
@@ -225,13 +322,47 @@ class RealShapeProp(ShapeProp):
         out = RealShapeProp(pruned).propagate(x)   # pruned(x), and node.meta["tensor_meta"]
     """
 
-    def __init__(self, gm: fx.GraphModule, requires_grad: dict | None = None):
+    def __init__(self, gm: fx.GraphModule, requires_grad: dict | None = None, count_flops: bool = True,
+                 guarded: bool = False):
         super().__init__(gm)
         self.flops = 0
         self.requires_grad = requires_grad or {}
+        self.guarded = guarded
+        self._protected: frozenset[int] = frozenset()
         self._by_name = dict(gm.named_modules())
         self._fakes: FakeShapeProp | None = None
         self._counted: dict[str, int] = {}   # signature of a node run alone -> its FLOPs
+
+    @staticmethod
+    def can_run(gm: fx.GraphModule, inputs) -> bool:
+        """Whether a guarded run may take the place of fake tensors: every tensor of ``gm`` and of
+        ``inputs`` holds data on the CPU in float32 or float64 (or an integer or bool dtype); float16
+        and bfloat16 kernels are slow or missing on the CPU."""
+        tensors = [*gm.parameters(), *gm.buffers(), *(t for t in inputs if isinstance(t, torch.Tensor))]
+        return all(t.device.type == "cpu" and not isinstance(t, FakeTensor)
+                   and t.dtype not in (torch.float16, torch.bfloat16) for t in tensors)
+
+    def propagate(self, *args):
+        """``guarded``: run as fake tensors would, leaving no trace: under no_grad, with the buffers
+        (BatchNorm's statistics) and the random number generator restored afterwards, and any op that
+        would write into a parameter, a constant or an input, or whose shape depends on values,
+        refused before it runs (:class:`RealRunRefused`; the caller falls back to fake tensors)."""
+        if not self.guarded:
+            return super().propagate(*args)
+        gm = self.module
+        constants = [attr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"]
+        self._protected = frozenset(
+            _storage(t) for t in (*gm.parameters(), *constants, *args) if isinstance(t, torch.Tensor)) - {0}
+        saved = [(b, b.detach().clone()) for b in gm.buffers()]
+        rng = torch.get_rng_state()
+        try:
+            with torch.no_grad():
+                return super().propagate(*args)
+        finally:
+            torch.set_rng_state(rng)
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
 
     def run_node(self, n):
         count = formula(n, self._by_name)
@@ -243,7 +374,11 @@ class RealShapeProp(ShapeProp):
                 self._counted[key] = self._fakes.node_flops(
                     n, self.env, lambda a: grad_flags_of(a.meta.get("tensor_meta")))
             self.flops += self._counted[key]
-        out = super().run_node(n)
+        if self.guarded and n.op in ("call_function", "call_method", "call_module"):
+            with _RealRunGuard(self._protected):
+                out = super().run_node(n)
+        else:
+            out = super().run_node(n)
         if count is not None and not isinstance(count, int):
             self.flops += int(count(out.shape))
         meta = n.meta.get("tensor_meta")

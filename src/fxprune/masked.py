@@ -137,8 +137,16 @@ def bake_entries(gm: fx.GraphModule, plan: Plan, prune_bias: bool) -> list[tuple
                 axis = s.axes.get(pname, 0)
                 t = attr(module, pname)
                 rows = _rows(keep, gates, t.shape[axis], s.kind)
-                if not bool(rows.all()):
-                    out.append((t, rows, axis, stays or held.get(id(t), 0) > 1))
+                if bool(rows.all()):
+                    continue
+                holder, leaf = owner_of(module, pname)
+                if parametrize.is_parametrized(holder, leaf):
+                    # computed at each read (weight_norm's g * v / |v|): no tensor to mask where it is
+                    # read, so the mask joins its parametrizations (the graph module is a private copy
+                    # when it has any), for the masked run and the rewrite alike
+                    parametrize.register_parametrization(holder, leaf, RowMask(rows, axis))
+                    continue
+                out.append((t, rows, axis, stays or held.get(id(t), 0) > 1))
     return out
 
 
@@ -273,13 +281,18 @@ def masked_view(baked: fx.GraphModule, plan: Plan, prune_bias: bool) -> fx.Graph
         baked = build_masked(gm, plan, prune_bias, bake=True)
         out = masked_view(baked, plan, prune_bias)(x)      # what apply_masks(...)(x) computes
     """
-    view = fx.GraphModule(baked, copy.deepcopy(baked.graph), class_name=type(baked).__name__)
-    nodes = {n.name: n for n in view.graph.nodes}
+    names = {n.name for n in baked.graph.nodes}
+    changes = []
     for owner, sites in _sites_by_owner(plan).items():
         sites = [s for s in sites if s.kind != "param"]  # get_attr parameters are baked
-        if not sites:
-            continue
-        rule, keep = sites[0].rule, {s.role: plan.site_keep(s) for s in sites}
+        rule = sites[0].rule if sites else None
+        if sites and ((owner in names and hasattr(rule, "masked_node")) or _has_custom_mask(rule)):
+            changes.append((owner, rule, {s.role: plan.site_keep(s) for s in sites}))
+    if not changes:   # nothing masked another way: the baked model is the masked one
+        return baked
+    view = fx.GraphModule(baked, copy.deepcopy(baked.graph), class_name=type(baked).__name__)
+    nodes = {n.name: n for n in view.graph.nodes}
+    for owner, rule, keep in changes:
         if owner in nodes and hasattr(rule, "masked_node"):
             rule.masked_node(view, nodes[owner], keep, prune_bias)
         elif _has_custom_mask(rule):

@@ -38,16 +38,23 @@ class Plan:
     masked: torch.Tensor                 # bool per element: pruned in the masked model
     removed: torch.Tensor                # bool per element: removed from the pruned model
     kept: dict[int, str] = field(default_factory=dict)   # unit root -> why a masked unit stays
+    #: (id(site), for_removal) -> (site, keep): the stages ask for each site's keep several times
+    _keeps: dict = field(default_factory=dict, repr=False, compare=False)
 
     def site_keep(self, site, for_removal: bool = True) -> torch.Tensor:
         """Bool per index of a site: True where the index stays (unlabeled indices always stay)."""
+        cached = self._keeps.get((id(site), for_removal))
+        if cached is not None and cached[0] is site:
+            return cached[1].clone()
         flags = self.removed if for_removal else self.masked
         ids = site.ids
         out = torch.ones(ids.shape, dtype=torch.bool)
         lab = ids >= 0
         out[lab] = ~flags[ids[lab]]
         # a parameter entry that scales several channels (a row of ids) stays while any of them does
-        return out.any(dim=1) if out.dim() > 1 else out
+        out = out.any(dim=1) if out.dim() > 1 else out
+        self._keeps[id(site), for_removal] = (site, out)
+        return out.clone()
 
     def tensor_masks(self) -> dict[str, torch.Tensor]:
         """The masks in force, keyed by each producer's first tensor (rows = gates * units)."""
@@ -269,8 +276,9 @@ def make_plan(analysis: Analysis, masked: torch.Tensor, keep_groups: dict[int, s
     {group index: why} groups whose masked units all stay (the verification guard's decision)."""
     removed = masked.clone()
     kept: dict[int, str] = {}
+    is_masked = masked.tolist()
     for root, unit in analysis.unit_of.items():
-        if bool(masked[root]) and unit.blocked:
+        if is_masked[root] and unit.blocked:
             removed[unit.elements] = False
             kept[root] = unit.blocked
     for index, why in (keep_groups or {}).items():
@@ -279,7 +287,7 @@ def make_plan(analysis: Analysis, masked: torch.Tensor, keep_groups: dict[int, s
                 removed[unit.elements] = False
                 kept[unit.root] = why
     for g in analysis.groups:
-        if all(bool(masked[u.root]) for u in g.units):
+        if all(is_masked[u.root] for u in g.units):
             names = ", ".join(f"{s.owner}" for s in g.producers)
             raise ValueError(f"the masks prune every channel of the group produced by {names}; keep at least one")
     _some_channel(analysis, removed, kept)

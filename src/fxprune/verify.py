@@ -12,10 +12,10 @@ import math
 
 import torch
 import torch.fx as fx
-from torch.func import functional_call
 from torch.utils._pytree import tree_flatten
 
 from .channels import ChannelMap
+from .graph import call_with
 
 
 class RecordingInterpreter(fx.Interpreter):
@@ -24,7 +24,7 @@ class RecordingInterpreter(fx.Interpreter):
     models part ways).
 
     ``masks``: id(tensor) -> (tensor, [(keep, axis), ...]) (:func:`fxprune.masked.masked_tensors`):
-    those tensors are read masked (by modules called, through ``torch.func.functional_call``, and by
+    those tensors are read masked (by modules called, through :func:`fxprune.graph.call_with`, and by
     ``get_attr``), with the values baking would have written into them, which are not touched."""
 
     def __init__(self, gm: fx.GraphModule, names: dict[str, int], all_outputs: bool = False,
@@ -55,7 +55,7 @@ class RecordingInterpreter(fx.Interpreter):
                                                          *module.named_buffers(remove_duplicate=False))
                      if id(t) in self.masks}
             if state:
-                return functional_call(module, state, args, kwargs)
+                return call_with(module, state, args, kwargs)
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n):

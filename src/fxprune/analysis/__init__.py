@@ -1,8 +1,8 @@
 """Analysis: find the channel groups of a captured graph.
 
-Three steps, one module each: :mod:`.flow` runs the graph on fake tensors and propagates channel
-maps through the op rules; :mod:`.groups` joins elements into units (pruned together) and units into
-groups; :mod:`.patterns` names each group after the ops its channels flow through. :func:`analyze`
+Three steps, one module each: :mod:`.flow` runs the graph (on real tensors where that leaves no trace,
+else on fake ones) and propagates channel maps through the op rules; :mod:`.groups` joins elements
+into units (pruned together) and units into groups; :mod:`.patterns` names each group after the ops its channels flow through. :func:`analyze`
 runs all three.
 
 Example::
@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch._subclasses.fake_tensor import DynamicOutputShapeException
 
 from ..timing import stage
-from .flow import ChannelFlow, FlowContext, Site, Use, op_name
+from .flow import ChannelFlow, FakeChannelFlow, FlowContext, RealChannelFlow, Site, Use, op_name
 from .groups import Analysis, Group, Unit
 from .patterns import name_groups
 
@@ -32,8 +32,7 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
             dead: bool = False) -> Analysis:
     """Run :class:`ChannelFlow` on ``gm`` (which it annotates with shapes) and build the :class:`Analysis`.
     ``dead``: find channels that are zero for every input (see fxprune.eliminate_dead_channels)."""
-    with stage("shapes"):  # fake twins of the parameters
-        flow = ChannelFlow(gm, prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
+    options = dict(prune_bias=prune_bias, prune_outputs=prune_outputs, dead=dead)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(example_inputs) > len(placeholders) or not all(
             isinstance(t, torch.Tensor) or t is None or isinstance(t, (int, float, bool)) for t in example_inputs):
@@ -41,12 +40,21 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
                          f"example_inputs has {len(example_inputs)}")
     quiet = logging.getLogger("torch._subclasses.fake_tensor")
     level = quiet.level
+    flow = None
     try:
         # ShapeProp prints a traceback and FakeTensor logs the error before raising; the error below says it
         quiet.setLevel(logging.CRITICAL)
-        # ShapeProp prints a traceback before raising
         with contextlib.redirect_stderr(io.StringIO()):
-            flow.propagate(*example_inputs)
+            if RealChannelFlow.can_run(gm, example_inputs):
+                try:
+                    flow = RealChannelFlow(gm, **options)
+                    flow.propagate(*example_inputs)
+                except Exception:   # refused, or failing: fake tensors say what failed, as always
+                    flow = None
+            if flow is None:
+                with stage("shapes"):  # fake twins of the parameters
+                    flow = FakeChannelFlow(gm, **options)
+                flow.propagate(*example_inputs)
     except Exception as e:
         cause = e.__cause__ or e
         node = getattr(flow, "current", None)
@@ -64,5 +72,5 @@ def analyze(gm: fx.GraphModule, example_inputs, prune_bias: bool = True, prune_o
         quiet.setLevel(level)
     analysis = Analysis(gm, flow)
     name_groups(analysis)
-    analysis.flops = flow.flops  # of the original model, from the shapes of the fake run
+    analysis.flops = flow.flops  # of the original model, from the shapes of the run
     return analysis

@@ -1,7 +1,8 @@
 """The engine: a dataflow over the captured graph that propagates channel maps through the op rules.
 
-:class:`ChannelFlow` is a :class:`~torch.fx.passes.shape_prop.ShapeProp`: it runs the graph on fake
-tensors and, after each node, asks the node's rule how channels move through it (:class:`FlowContext`
+:class:`ChannelFlow` is a :class:`~torch.fx.passes.shape_prop.ShapeProp`: it runs the graph (on real
+tensors, guarded, where it may: :class:`RealChannelFlow`; else on fake ones: :class:`FakeChannelFlow`)
+and, after each node, asks the node's rule how channels move through it (:class:`FlowContext`
 is what a rule sees). It records the *sites* (producers' output rows, consumers' input columns,
 members' per-channel parameters), the *uses* where pruned channels must be removable (consumers,
 outputs, barriers), and the unions that couple elements.
@@ -15,7 +16,7 @@ import torch.fx as fx
 from torch.fx.node import map_aggregate
 
 from ..channels import VARY, ZERO, ChannelMap, ParamView, UnionFind, maps_in
-from ..graph import FakeShapeProp, attr
+from ..graph import FakeShapeProp, RealShapeProp, attr
 from ..rules import Rule, Unsupported, call_rule, module_rule, overridden_base
 from ..timing import stage
 
@@ -125,7 +126,8 @@ class FlowContext:
         key = (self.owner, role)
         site = self.flow.sites.get(key)
         if site is None:
-            ids = torch.tensor(self.flow.uf.add(n), dtype=torch.long)
+            fresh = self.flow.uf.add(n)
+            ids = torch.arange(fresh.start, fresh.stop, dtype=torch.long)
             site = Site(self.owner, role, "producer", self.node, self.flow.rule_of(self.node), ids,
                         dict(tensors), dict(biases or {}), dict(axes or {}))
             self.flow.sites[key] = site
@@ -287,13 +289,11 @@ class FlowContext:
         a, b = a.reshape(-1)[:n], b.reshape(-1)[:n]
         # an element at the position of an untracked channel (the graph input's, say) is coupled with a
         # channel that always stays, so it stays too
-        self.flow.pin(self.node, torch.cat([a[b < 0], b[a < 0]]),
-                      f"coupled in {self._name()} with channels that no tracked producer makes")
-        a, b = a.tolist(), b.tolist()
-        uf = self.flow.uf
-        for x, y in zip(a, b):
-            if x >= 0 and y >= 0 and x != y:
-                uf.union(x, y)
+        if bool((a < 0).any()) or bool((b < 0).any()):
+            self.flow.pin(self.node, torch.cat([a[b < 0], b[a < 0]]),
+                          f"coupled in {self._name()} with channels that no tracked producer makes")
+        differ = (a != b) & (a >= 0) & (b >= 0)
+        self.flow.uf.union_many(a[differ], b[differ])
 
     def block(self, cmaps, reason: str) -> None:
         """Channels in ``cmaps`` reach something that cannot drop them."""
@@ -303,13 +303,14 @@ class FlowContext:
         return self.node.target if self.node.op == "call_module" else self.node.name
 
 
-class ChannelFlow(FakeShapeProp):
-    """Runs the graph on fake tensors and propagates channel maps through the op rules; counts its
-    FLOPs (``self.flops``) on the way."""
+class ChannelFlow:
+    """Runs the graph and propagates channel maps through the op rules; counts its FLOPs
+    (``self.flops``) on the way. A mixin over the two ways to run it: :class:`RealChannelFlow` and
+    :class:`FakeChannelFlow`."""
 
     def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False,
-                 dead: bool = False):
-        super().__init__(gm, count_flops=True)   # the model's FLOPs, from the shapes (fxprune.flops)
+                 dead: bool = False, **run):
+        super().__init__(gm, count_flops=True, **run)   # the model's FLOPs, from the shapes (fxprune.flops)
         self.prune_bias, self.prune_outputs, self.dead = prune_bias, prune_outputs, dead
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple, Site] = {}
@@ -322,6 +323,7 @@ class ChannelFlow(FakeShapeProp):
         self.sliced_operands: dict[fx.Node, tuple] = {}   # see FlowContext.slices_operand
         self.untracked_reads: set[tuple] = set()   # consumer sites read with untracked channels by some call
         self.memberless: set[str] = set()          # modules with a call that registered no members
+        self.opaque_params: dict[str, tuple] = {}  # parameter fqn -> (node, reason): see read_opaquely
         self.modules = dict(gm.named_modules())
 
     def rule_of(self, node: fx.Node) -> Rule | None:
@@ -343,6 +345,7 @@ class ChannelFlow(FakeShapeProp):
         out = super().propagate(*args)
         self.pin_partial_reads()
         self.pin_params_read_directly()
+        self.pin_params_read_opaquely()
         self.align_products()
         return out
 
@@ -376,10 +379,27 @@ class ChannelFlow(FakeShapeProp):
                     if bool((part < 0).any()):
                         self.pin(node, part, f"split over several dims ({node.name}) with channels no tracked "
                                              "producer makes")
-                    labeled = part[part >= 0].tolist()
-                    for e in labeled[1:]:
-                        self.uf.union(labeled[0], e)
+                    labeled = part[part >= 0]
+                    self.uf.union_many(labeled[:1].expand(len(labeled) - 1), labeled[1:])
                 changed = True
+
+    def read_opaquely(self, node, inputs, reason: str) -> None:
+        """Parameters that reach ``node``, which cannot follow their slicing (no rule, or its rule refused):
+        what it makes from them keeps their full size, so they must not be sliced for another reader."""
+        def note(label):
+            if isinstance(label, ParamView):
+                self.opaque_params.setdefault(label.target, (node, reason))
+        map_aggregate(inputs, note)
+
+    def pin_params_read_opaquely(self) -> None:
+        for s in self.sites.values():
+            if s.kind != "param":
+                continue
+            for name in s.params:
+                fqn = f"{s.owner}.{name}" if s.owner else name
+                if fqn in self.opaque_params:
+                    node, reason = self.opaque_params[fqn]
+                    self.pin(node, s.ids, f"{fqn} is also read by {node.name} ({reason})")
 
     def pin_params_read_directly(self) -> None:
         """A module whose parameters the graph also reads directly (``get_attr``, as in
@@ -444,6 +464,7 @@ class ChannelFlow(FakeShapeProp):
                 reason += (f": it subclasses {base.__module__}.{base.__qualname__} but computes something else "
                            "(its own forward), which torch.fx cannot trace")
             self.block(n, inputs, reason)
+            self.read_opaquely(n, inputs, reason)
             return None
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         module = self.modules.get(n.target) if n.op == "call_module" else None
@@ -453,6 +474,7 @@ class ChannelFlow(FakeShapeProp):
             result = rule.flow(ctx)
         except Unsupported as e:
             self.block(n, inputs, f"{op_name(n, self.modules)}: {e}")
+            self.read_opaquely(n, inputs, f"{op_name(n, self.modules)}: {e}")
             return None
         finally:
             if module is not None and not ctx.has_members:
@@ -463,6 +485,19 @@ class ChannelFlow(FakeShapeProp):
                 and _tensors_in(out) and maps_in(inputs)):
             self.block(n, inputs, f"{op_name(n, self.modules)}: its rule passes no channels on")
         return result
+
+
+class RealChannelFlow(ChannelFlow, RealShapeProp):
+    """ChannelFlow on the model's own tensors, guarded (:meth:`RealShapeProp.propagate`): at batch 1 a
+    real op costs a tenth of a fake one's dispatch. Raises when the run is refused."""
+
+    def __init__(self, gm: fx.GraphModule, **options):
+        super().__init__(gm, guarded=True, **options)
+
+
+class FakeChannelFlow(ChannelFlow, FakeShapeProp):
+    """ChannelFlow on fake tensors: for models on the meta device, in float16/bfloat16, or whose run on
+    real tensors was refused."""
 
 
 def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int, member: bool = False) -> torch.Tensor:

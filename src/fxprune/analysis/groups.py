@@ -58,7 +58,7 @@ class Analysis:
         self.permutations = {m.name: (s.name, src.name, d, perm) for m, (s, src, d, perm) in flow.permutations.items()}
         #: node name -> (argument index, output dims): untracked operands sliced with the channels
         self.sliced_operands = {n.name: v for n, v in flow.sliced_operands.items()}
-        self.n_elements = len(flow.uf.parent)
+        self.n_elements = len(flow.uf)
         self.root = flow.uf.roots()
         self.labels_by_name = {n.name: v for n, v in flow.labels.items()}
         self.shapes_by_name = {n.name: tuple(n.meta["tensor_meta"].shape) for n in gm.graph.nodes
@@ -98,11 +98,12 @@ class Analysis:
         site_uf = UnionFind()
         site_uf.add(len(producer_keys))
         n = len(producer_keys)
-        for pair in (site_of[self.root] * n + site_of).unique().tolist():
-            site_uf.union(pair // n, pair % n)
+        pairs = (site_of[self.root] * n + site_of).unique()
+        site_uf.union_many(pairs // n, pairs % n)
+        site_root = site_uf.roots().tolist()
         by_group: dict[int, list[str]] = {}
         for k in producer_keys:
-            by_group.setdefault(site_uf.find(index[k]), []).append(k)
+            by_group.setdefault(site_root[index[k]], []).append(k)
         self.groups: list[Group] = []
         self.unit_of: dict[int, Unit] = units
         self.group_of_unit: dict[int, Group] = {}

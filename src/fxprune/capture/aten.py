@@ -145,6 +145,12 @@ def _type_as(n):      # x.type_as(other) reads only other's dtype: x.to(that dty
     return "to", (n.args[0], val.dtype), {}
 
 
+def _rsub(n):         # rsub(x, other) is other - x
+    if _arg(n, 2, "alpha", 1) != 1:
+        return None
+    return operator.sub, (_arg(n, 1, "other"), n.args[0]), {}
+
+
 def _transposed_weight(node) -> fx.Node | None:
     """W when ``node`` is ``W.t()`` or ``W.permute(1, 0)`` of a get_attr W."""
     if not isinstance(node, fx.Node) or node.op not in ("call_function", "call_method"):
@@ -225,6 +231,7 @@ _ADAPTED = {
     aten.slice.Tensor: _slice, aten.select.int: _select, aten.index.Tensor: _index,
     aten.to.dtype_layout: _to, aten.numpy_T.default: _numpy_t,
     aten.sym_size.int: _sym_size, aten.type_as.default: _type_as,
+    aten.rsub.Scalar: _rsub, aten.rsub.Tensor: _rsub,
     aten.mm.default: _mm, aten.bmm.default: _bmm, aten.matmul.default: _matmul, aten.addmm.default: _addmm,
     aten.constant_pad_nd.default: _constant_pad,
     aten.hardswish_.default: _inplace(F.hardswish), aten.hardsigmoid_.default: _inplace(F.hardsigmoid),

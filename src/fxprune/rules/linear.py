@@ -38,12 +38,13 @@ class LinearRule(Rule):
         c = fold.get("in")
         if c is not None:
             bias = add_folded(bias, w[:, ~keep_in], c[~keep_in])
-        new = nn.Linear(int(keep_in.sum()), int(keep_out.sum()), bias=bias is not None,
-                        device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            new.weight.copy_(w[keep_out][:, keep_in])
-            if bias is not None:
-                new.bias.copy_(bias[keep_out])
+        # no random initialisation to overwrite: the kept slices become the parameters
+        new = nn.utils.skip_init(nn.Linear, int(keep_in.sum()), int(keep_out.sum()), bias=bias is not None,
+                                 device=w.device, dtype=w.dtype)
+        new.weight = nn.Parameter(w[keep_out][:, keep_in], requires_grad=m.weight.requires_grad)
+        if bias is not None:
+            frozen = not (m.weight if m.bias is None else m.bias).requires_grad
+            new.bias = nn.Parameter(bias[keep_out], requires_grad=not frozen)
         new.train(m.training)
         return new
 
@@ -136,8 +137,7 @@ def _couple_groups(ctx, cmap, groups: int, cdim: int) -> None:
     if cmap.dims != (cdim,):
         raise Unsupported("grouped convolution over channels spread on several dims")
     per = cmap.ids.reshape(groups, -1)
-    for k in range(1, groups):
-        ctx.union_ids(per[0], per[k])
+    ctx.union_ids(per[:1].expand(groups - 1, -1), per[1:])
 
 
 def _conv_like(m, weight, bias):
