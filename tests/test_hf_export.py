@@ -401,3 +401,16 @@ def test_core_aten_program():
     x = hf_models.inputs("bert", seed=8, batch=3, seq=10)
     with torch.no_grad():
         assert _compare(report, masked(**x), pruned.module()(**x)) <= RTOL
+
+
+def test_analysis_of_a_model_on_the_meta_device():
+    """A model built under torch.device("meta") holds no weights: capture and analysis still run (on fake
+    tensors) and find what they find on the same model with weights."""
+    model, kwargs = hf_models.build("llama")
+    with torch.device("meta"):
+        meta = type(model)(model.config).eval()
+    assert all(p.is_meta for p in meta.parameters())
+    on_meta = fxprune.find_patterns(meta, example_kwargs={k: v.to("meta") for k, v in kwargs.items()})
+    with_weights = fxprune.find_patterns(model, example_kwargs=kwargs)
+    assert on_meta == with_weights
+    assert sum(g["prunable"] for g in on_meta) > 0

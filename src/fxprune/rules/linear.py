@@ -141,13 +141,14 @@ def _couple_groups(ctx, cmap, groups: int, cdim: int) -> None:
 
 
 def _conv_like(m, weight, bias):
-    """A copy of conv ``m`` (stride, padding, dilation, groups, padding_mode) with new parameters."""
+    """A copy of conv ``m`` (stride, padding, dilation, groups, padding_mode) with new parameters
+    ``weight`` and ``bias``: tensors of their own (sliced copies), taken as they are."""
     new = copy.copy(m)
     new._parameters = dict(m._parameters)
     new._buffers = dict(m._buffers)
     new._modules = dict(m._modules)
-    new.weight = nn.Parameter(weight.clone(), requires_grad=m.weight.requires_grad)
-    new.bias = None if bias is None else nn.Parameter(bias.clone())
+    new.weight = nn.Parameter(weight, requires_grad=m.weight.requires_grad)
+    new.bias = None if bias is None else nn.Parameter(bias)
     return new
 
 

@@ -173,11 +173,11 @@ class ChannelNormRule(Rule):
         for p in ("weight", "bias"):
             src = getattr(m, p, None)
             if src is not None:
-                new._parameters[p] = nn.Parameter(src.detach()[k].clone(), requires_grad=src.requires_grad)
+                new._parameters[p] = nn.Parameter(src.detach()[k], requires_grad=src.requires_grad)
         for p in ("running_mean", "running_var"):
             src = m._buffers.get(p)
             if src is not None:
-                new._buffers[p] = src.detach()[k].clone()
+                new._buffers[p] = src.detach()[k]   # boolean indexing copies
         new.num_features = int(k.sum())
         return new
 
