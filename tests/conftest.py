@@ -61,6 +61,19 @@ def prune_both(model, inputs, sparsity=0.5, **kw):
     return out
 
 
+def normal_meta(meta):
+    """tensor_meta with the strides of size-1 dims left out: a real run and a fake one may differ there
+    (no element is ever reached through them)."""
+    from torch.fx.passes.shape_prop import TensorMetadata
+    if isinstance(meta, TensorMetadata):
+        return meta._replace(stride=tuple(s if n > 1 else None for s, n in zip(meta.stride, meta.shape)))
+    if isinstance(meta, (tuple, list)):
+        return [normal_meta(m) for m in meta]
+    if isinstance(meta, dict):
+        return {k: normal_meta(v) for k, v in meta.items()}
+    return meta
+
+
 def model_digest(model) -> str:
     """Hash of a model's state_dict, code (GraphModule) and parametrizations: proves it was not modified."""
     h = hashlib.sha256()

@@ -55,6 +55,18 @@ class Upsampled(nn.Module):
         return self.b(torch.nn.functional.interpolate(torch.relu(self.a(x)), mode=self.mode, **self.kw))
 
 
+def _pruned_program_equals_masked(model, x, program):
+    """``program`` (model exported at x) pruned at 0.5 without barriers; equal to the masked model on
+    another input of x's shape. Returns the pruned program."""
+    pruned = fxprune.prune(program, sparsity=0.5)
+    report = pruned.graph_module.meta["fxprune"]
+    assert not report.barriers
+    masked = fxprune.apply_masks(model, (x,), masks=report.masks)
+    y = torch.randn(x.shape)
+    with torch.no_grad():
+        assert float((masked(y) - pruned.module()(y)).abs().max()) <= 1e-5 * float(masked(y).abs().max())
+    return pruned
+
 
 @pytest.mark.parametrize("mode, kw", [("bilinear", {"scale_factor": 2.0, "align_corners": False}),
                                       ("nearest", {"size": (9, 7)}),
@@ -64,14 +76,8 @@ def test_exported_upsampling_is_interpolate(mode, kw):
     torch.manual_seed(0)
     model = Upsampled(mode, **kw).eval()
     x = torch.randn(2, 3, 6, 5)
-    program = torch.export.export(model, (x,))
-    pruned = fxprune.prune(program, sparsity=0.5)
-    report = pruned.graph_module.meta["fxprune"]
-    assert not report.barriers and pruned.state_dict["a.weight"].shape[0] == 4
-    masked = fxprune.apply_masks(model, (x,), masks=report.masks)
-    y = torch.randn(2, 3, 6, 5)
-    with torch.no_grad():
-        assert float((masked(y) - pruned.module()(y)).abs().max()) <= 1e-5 * float(masked(y).abs().max())
+    pruned = _pruned_program_equals_masked(model, x, torch.export.export(model, (x,)))
+    assert pruned.state_dict["a.weight"].shape[0] == 4
 
 
 class ComplementGate(nn.Module):
@@ -93,10 +99,5 @@ def test_exported_rsub_is_a_subtraction():
     x = torch.randn(2, 3, 5, 5)
     program = torch.export.export(model, (x,))
     assert any(n.target is torch.ops.aten.rsub.Scalar for n in program.graph.nodes)
-    pruned = fxprune.prune(program, sparsity=0.5)
-    report = pruned.graph_module.meta["fxprune"]
-    assert not report.barriers and pruned.state_dict["g"].shape[1] == 4
-    masked = fxprune.apply_masks(model, (x,), masks=report.masks)
-    y = torch.randn(2, 3, 5, 5)
-    with torch.no_grad():
-        assert float((masked(y) - pruned.module()(y)).abs().max()) <= 1e-5 * float(masked(y).abs().max())
+    pruned = _pruned_program_equals_masked(model, x, program)
+    assert pruned.state_dict["g"].shape[1] == 4

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxprune
 from fxprune.capture import capture
 from fxprune.flops import graph_flops, node_flops
 from fxprune.graph import FakeShapeProp
+from conftest import normal_meta
 from zoo import ZOO, ZOO_BY_NAME
 
 
@@ -22,20 +22,8 @@ def counted_by_mode(gm, inputs) -> int:
     return counter.get_total_flops()
 
 
-def _normal(meta):
-    """tensor_meta with the strides of size-1 dims left out: a real run and a fake one may differ there
-    (no element is ever reached through them)."""
-    if isinstance(meta, TensorMetadata):
-        return meta._replace(stride=tuple(s if n > 1 else None for s, n in zip(meta.stride, meta.shape)))
-    if isinstance(meta, (tuple, list)):
-        return [_normal(m) for m in meta]
-    if isinstance(meta, dict):
-        return {k: _normal(v) for k, v in meta.items()}
-    return meta
-
-
 def shapes_of(gm) -> dict:
-    return {n.name: _normal(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
+    return {n.name: normal_meta(n.meta.get("tensor_meta")) for n in gm.graph.nodes}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -9,24 +9,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.passes.shape_prop import TensorMetadata
 
 from fxprune.analysis import Analysis, FakeChannelFlow, RealChannelFlow, analyze
 from fxprune.analysis.patterns import name_groups
 from fxprune.capture import capture
 from fxprune.channels import UnionFind
+from conftest import normal_meta
 from zoo import ZOO, ZOO_BY_NAME
-
-
-def _normal(meta):
-    """tensor_meta without the strides of size-1 dims (a real and a fake run may differ there)."""
-    if isinstance(meta, TensorMetadata):
-        return meta._replace(stride=tuple(s if n > 1 else None for s, n in zip(meta.stride, meta.shape)))
-    if isinstance(meta, (tuple, list)):
-        return [_normal(m) for m in meta]
-    if isinstance(meta, dict):
-        return {k: _normal(v) for k, v in meta.items()}
-    return meta
 
 
 def _found(gm, inputs, flow_cls) -> dict:
@@ -36,7 +25,7 @@ def _found(gm, inputs, flow_cls) -> dict:
     name_groups(analysis)
     return {
         "flops": flow.flops,
-        "shapes": {n.name: _normal(n.meta.get("tensor_meta")) for n in gm.graph.nodes},
+        "shapes": {n.name: normal_meta(n.meta.get("tensor_meta")) for n in gm.graph.nodes},
         "barriers": sorted((n.name, why) for n, why in flow.barriers),
         "groups": [(g.pattern, g.width, g.blocked, sorted(s.owner for s in g.producers),
                     [(u.elements, u.blocked) for u in g.units]) for g in analysis.groups],
