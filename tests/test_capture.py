@@ -7,7 +7,7 @@ from torch.nn.utils import parametrize
 from torch.testing._internal import common_pruning as cp
 
 import fxprune
-from conftest import model_digest
+from conftest import model_digest, prune_both
 
 
 class Scale(nn.Module):
@@ -101,3 +101,33 @@ def test_exported_rsub_is_a_subtraction():
     assert any(n.target is torch.ops.aten.rsub.Scalar for n in program.graph.nodes)
     pruned = _pruned_program_equals_masked(model, x, program)
     assert pruned.state_dict["g"].shape[1] == 4
+
+
+class RefersToItsModules(nn.Module):
+    """Picks its implementation in __init__ (timm's FasterNet: ``self.forward = self.forward_split_cat``)
+    and keeps its blocks in a plain list too: the captured copy must call its own modules, not the
+    caller's (else symbolic tracing fails and the export fallback takes over)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1)
+        self.order = [self.a, self.b]
+        self.impl = self.forward_listed
+
+    def forward(self, x):
+        return self.impl(x)
+
+    def forward_listed(self, x):
+        for m in self.order:
+            x = torch.relu(m(x))
+        return self.c(x)
+
+
+def test_copy_rebinds_methods_and_module_references():
+    torch.manual_seed(0)
+    model = RefersToItsModules().eval()
+    x = torch.randn(2, 3, 5, 5)
+    pruned, _ = prune_both(model, x)
+    assert pruned.meta["fxprune"].capture.startswith("symbolic")
+    assert pruned.a.out_channels == pruned.b.out_channels == 4
+    assert model.order[0] is model.a and model.impl.__self__ is model

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import types
 
 import torch
 import torch.fx as fx
@@ -120,7 +121,8 @@ def _structural_copy(model: nn.Module) -> nn.Module:
     """The module tree of ``model`` copied without deep-copying what it holds (a tenth of
     copy.deepcopy's time): each module a new object with its own attribute dict, its own containers
     (parameter, buffer, module and hook dicts, lists such as an RNN's flat weights) and copied
-    buffers; parameters and other values are the same objects."""
+    buffers; references to modules of the tree (plain attributes, lists of them, bound methods)
+    pointing at their copies; parameters and other values are the same objects."""
     copies: dict[int, nn.Module] = {}
     memo: dict[int, object] = {}
 
@@ -136,7 +138,25 @@ def _structural_copy(model: nn.Module) -> nn.Module:
         new.__dict__.update(state)
         return new
 
-    return one(model)
+    def rebound(v):
+        """``v`` with modules of the tree, methods bound to them (``self.forward = self.forward_x``)
+        and plain lists, tuples and dicts of those, pointing at the copies."""
+        if isinstance(v, nn.Module):
+            return copies.get(id(v), v)
+        if isinstance(v, types.MethodType) and id(v.__self__) in copies:
+            return types.MethodType(v.__func__, copies[id(v.__self__)])
+        if type(v) in (list, tuple):
+            return type(v)(rebound(x) for x in v)
+        if type(v) in (dict, collections.OrderedDict):
+            return type(v)((k, rebound(x)) for k, x in v.items())
+        return v
+
+    root = one(model)
+    for new in copies.values():
+        for k, v in new.__dict__.items():
+            if k not in ("_parameters", "_buffers", "_modules"):
+                new.__dict__[k] = rebound(v)
+    return root
 
 
 def call_with(module: nn.Module, state: dict[str, torch.Tensor], args, kwargs):

@@ -304,8 +304,10 @@ def _set_tensor(root, fqn: str, value: torch.Tensor) -> None:
     old = getattr(holder, leaf)
     if isinstance(old, nn.Parameter):
         setattr(holder, leaf, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
-    else:
+    elif leaf in holder._buffers:
         holder.register_buffer(leaf, value.clone(), persistent=leaf not in holder._non_persistent_buffers_set)
+    else:   # a plain tensor attribute (an exported program's lifted constant)
+        setattr(holder, leaf, value.clone())
 
 
 class GetAttrWeightRule(Rule):
