@@ -5,6 +5,7 @@ The bottom of the package: it imports nothing of fxprune but the FLOP formulas.
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import types
 
@@ -159,6 +160,19 @@ def _structural_copy(model: nn.Module) -> nn.Module:
     return root
 
 
+@contextlib.contextmanager
+def buffers_restored(*modules: nn.Module):
+    """The buffers of ``modules`` (BatchNorm's running statistics) hold on exit what they held on entry,
+    whatever a run in between wrote into them."""
+    saved = [(b, b.detach().clone()) for m in modules for b in m.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
 def call_with(module: nn.Module, state: dict[str, torch.Tensor], args, kwargs):
     """``module(*args, **kwargs)`` with its tensors named in ``state`` (as ``named_parameters`` and
     ``named_buffers`` name them) read as the tensors given there: ``torch.func.functional_call``, at a
@@ -272,13 +286,8 @@ class FakeShapeProp(ShapeProp):
         return counter.get_total_flops()
 
     def propagate(self, *args):
-        saved = [(b, b.detach().clone()) for b in self.module.buffers()]
-        try:
+        with buffers_restored(self.module):
             return super().propagate(*args)
-        finally:
-            with torch.no_grad():
-                for b, v in saved:
-                    b.copy_(v)
 
 
 class RealRunRefused(RuntimeError):
@@ -342,8 +351,7 @@ class RealShapeProp(ShapeProp):
         out = RealShapeProp(pruned).propagate(x)   # pruned(x), and node.meta["tensor_meta"]
     """
 
-    def __init__(self, gm: fx.GraphModule, requires_grad: dict | None = None, count_flops: bool = True,
-                 guarded: bool = False):
+    def __init__(self, gm: fx.GraphModule, requires_grad: dict | None = None, guarded: bool = False):
         super().__init__(gm)
         self.flops = 0
         self.requires_grad = requires_grad or {}
@@ -373,16 +381,12 @@ class RealShapeProp(ShapeProp):
         constants = [attr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr"]
         self._protected = frozenset(
             _storage(t) for t in (*gm.parameters(), *constants, *args) if isinstance(t, torch.Tensor)) - {0}
-        saved = [(b, b.detach().clone()) for b in gm.buffers()]
         rng = torch.get_rng_state()
         try:
-            with torch.no_grad():
+            with buffers_restored(gm), torch.no_grad():
                 return super().propagate(*args)
         finally:
             torch.set_rng_state(rng)
-            with torch.no_grad():
-                for b, v in saved:
-                    b.copy_(v)
 
     def run_node(self, n):
         count = formula(n, self._by_name)

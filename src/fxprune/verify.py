@@ -15,7 +15,7 @@ import torch.fx as fx
 from torch.utils._pytree import tree_flatten
 
 from .channels import ChannelMap
-from .graph import call_with
+from .graph import buffers_restored, call_with
 
 
 class RecordingInterpreter(fx.Interpreter):
@@ -83,20 +83,15 @@ _DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.D
 @contextlib.contextmanager
 def verification_mode(*models):
     """Captured mode, dropout off, no_grad; buffers (BatchNorm statistics) restored on exit."""
-    saved = [[(b, b.detach().clone()) for b in model.buffers()] for model in models]
     dropouts = [m for model in models for m in model.modules() if isinstance(m, _DROPOUT) and m.training]
     for m in dropouts:
         m.eval()
     try:
-        with torch.no_grad():
+        with buffers_restored(*models), torch.no_grad():
             yield
     finally:
         for m in dropouts:
             m.train()
-        with torch.no_grad():
-            for pairs in saved:
-                for b, v in pairs:
-                    b.copy_(v)
 
 
 def output_keeps(plan) -> list:

@@ -310,7 +310,7 @@ class ChannelFlow:
 
     def __init__(self, gm: fx.GraphModule, prune_bias: bool = True, prune_outputs: bool = False,
                  dead: bool = False, **run):
-        super().__init__(gm, count_flops=True, **run)   # the model's FLOPs, from the shapes (fxprune.flops)
+        super().__init__(gm, **run)   # counting the model's FLOPs from the shapes (fxprune.flops)
         self.prune_bias, self.prune_outputs, self.dead = prune_bias, prune_outputs, dead
         self.labels: dict[fx.Node, object] = {}
         self.sites: dict[tuple, Site] = {}
@@ -498,6 +498,9 @@ class RealChannelFlow(ChannelFlow, RealShapeProp):
 class FakeChannelFlow(ChannelFlow, FakeShapeProp):
     """ChannelFlow on fake tensors: for models on the meta device, in float16/bfloat16, or whose run on
     real tensors was refused."""
+
+    def __init__(self, gm: fx.GraphModule, **options):
+        super().__init__(gm, count_flops=True, **options)
 
 
 def _zero_elements(module, params: dict[str, int], axes: dict[str, int], n: int, member: bool = False) -> torch.Tensor:
